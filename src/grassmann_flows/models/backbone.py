@@ -1,0 +1,89 @@
+"""Backbone shared by both models: embeddings, N blocks, final LayerNorm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import SelfAttention
+from .config import ModelConfig
+from .mixer import GrassmannMixer
+
+
+class FeedForward(nn.Module):
+    """Linear(d, d_ff) -> GELU -> Linear(d_ff, d). x: (B, L, d) -> (B, L, d)."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.act = nn.GELU()
+        self.down = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Block(nn.Module):
+    """One layer: token mixer (attention or Grassmann) and FFN, in one of three layouts.
+
+    preln:        x = x + drop(mix(LN1 x));   x = x + drop(FFN(LN2 x))
+    postln:       x = LN1(x + drop(mix x));   x = LN2(x + drop(FFN x))
+    paper_postln: h = drop(LN1(mix x));       x = LN2(h + drop(FFN h))   (paper §3.2:
+                  the blend alpha*x + (1-alpha)*g already carries x; no extra residual)
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        if cfg.kind == "transformer":
+            self.mixer: nn.Module = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.causal)
+            self.layout = "postln" if cfg.block == "paper_postln" else cfg.block
+        else:
+            self.mixer = GrassmannMixer(cfg.d_model, cfg.mixer, cfg.layer_offsets(layer))
+            self.layout = cfg.block
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layout == "preln":
+            x = x + self.drop(self.mixer(self.norm1(x), pad_mask))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        if self.layout == "postln":
+            x = self.norm1(x + self.drop(self.mixer(x, pad_mask)))
+            return self.norm2(x + self.drop(self.ffn(x)))
+        h = self.drop(self.norm1(self.mixer(x, pad_mask)))
+        return self.norm2(h + self.drop(self.ffn(h)))
+
+
+class Backbone(nn.Module):
+    """input_ids (B, L) -> hidden states (B, L, d): E(x) + P, dropout, blocks, final LN."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        if cfg.init == "gpt2":
+            self.apply(_gpt2_init)
+
+    def forward(self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        L = input_ids.shape[1]
+        if L > self.cfg.n_positions:
+            raise ValueError(f"sequence length {L} exceeds n_positions={self.cfg.n_positions}")
+        pos = torch.arange(L, device=input_ids.device)
+        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x, pad_mask)
+        return self.norm(x)
+
+
+def _gpt2_init(module: nn.Module) -> None:
+    """N(0, 0.02) for Linear and Embedding weights, zero biases (GPT-2 / nanoGPT)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,34 @@
+"""Decoder-only language model with a tied head (paper §3.1 and §4.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .config import ModelConfig
+
+
+class LanguageModel(nn.Module):
+    """input_ids (B, L) -> next-token logits (B, L, V).
+
+    The output head is the token embedding (tied), as the paper's parameter counts
+    imply. `kind` in the config picks attention or the Grassmann mixer.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.backbone(input_ids), self.backbone.tok_emb.weight)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied weight counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+__all__ = ["LanguageModel", "count_parameters"]

@@ -1,0 +1,121 @@
+"""Exact fast rewrite of the Grassmann mixer's feature path.
+
+Two identities make it cheap (the proof is in technical.md, §"The fast mixer"):
+
+(a) Lagrange: |u ∧ v|^2 = |u|^2 |v|^2 - (u·v)^2, so each offset's Plücker norm
+    costs three dot products over r, computed in float32 (or float64) however the
+    model runs, because the difference cancels.
+(b) The wedge is bilinear and W_plü is shared, so
+        mean_Delta [W (u ∧ v_Delta) / n_Delta + b]  =  W (u ∧ w) + b,
+        w = sum_Delta c_Delta v_Delta,  c_Delta = 1 / (m_t n_Delta),
+    one wedge and one projection per token instead of one per offset.
+
+W (u ∧ w) itself is computed without gathering Plücker coordinates: with the
+antisymmetric A_k (A_k[i,j] = W_k,(ij), A_k[j,i] = -W_k,(ij)) it is the bilinear form
+u^T A_k w, i.e. one dense GEMM of the outer product u w^T against A. Gathers (and
+their scatter-add backward) are what made the earlier rewrites slow.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import MixerConfig
+from .common import partner_mask, shift
+
+WedgeProject = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@lru_cache(maxsize=None)
+def _antisymmetrizer(r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """S: (P, r*r) with +1 at (k, i*r+j) and -1 at (k, j*r+i) for the k-th pair i < j."""
+    i, j = torch.triu_indices(r, r, offset=1)
+    k = torch.arange(i.numel())
+    S = torch.zeros(i.numel(), r * r, dtype=dtype)
+    S[k, i * r + j] = 1.0
+    S[k, j * r + i] = -1.0
+    return S.to(device)
+
+
+def antisymmetric_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
+    """A: (d, r*r), the flattened antisymmetric matrices of W_plü: (d, P).
+
+    Each entry of A is a single entry of W with a sign, so A is exact in any dtype.
+    """
+    return weight @ _antisymmetrizer(r, weight.device, weight.dtype)
+
+
+def wedge_project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """W (u ∧ w) = u^T A_k w for every output k, as one GEMM with K = r*r.
+
+    u, w: (..., r); weight: (d, P) with P = r(r-1)/2. Returns (..., d).
+    """
+    r = u.shape[-1]
+    outer = (u.unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)  # (..., r*r)
+    return F.linear(outer, antisymmetric_weight(weight, r))
+
+
+def _norm(n2: torch.Tensor, cfg: MixerConfig) -> torch.Tensor:
+    """|p| from |p|^2 for the configured clamp, with finite gradients at |p| = 0.
+
+    max(sqrt(x), eps) == sqrt(max(x, eps^2)) in value and in gradient, and the second
+    form never differentiates sqrt at 0 (the first positions, repeated tokens).
+    """
+    n2 = n2.clamp_min(0.0)  # Lagrange's difference can round below 0
+    if cfg.norm_form == "clamp":
+        return n2.clamp_min(cfg.norm_eps**2).sqrt()
+    return (n2 + cfg.norm_eps).sqrt()
+
+
+def fast_features(
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    offsets: tuple[int, ...],
+    cfg: MixerConfig,
+    pad_mask: torch.Tensor | None = None,
+    project: WedgeProject = wedge_project,
+) -> torch.Tensor:
+    """Same function as `naive.naive_features` for a shared projection.
+
+    z: (B, L, r); weight: (d, P); bias: (d,); offsets: signed multiset. Returns (B, L, d).
+    `project` computes W (u ∧ w); the fused path passes its Triton kernel here.
+    """
+    if cfg.projection != "shared":
+        raise ValueError("the collapsed rewrite needs one projection shared by all offsets")
+    # Norm arithmetic in float32 at least: Lagrange's difference cancels badly in bf16.
+    acc_dtype = torch.promote_types(z.dtype, torch.float32)
+    u = z.to(acc_dtype)
+    uu = (u * u).sum(-1, keepdim=True)
+    w = torch.zeros_like(u)
+    count: torch.Tensor | int = 0  # valid offsets per position (with multiplicity)
+    for delta, mult in Counter(offsets).items():
+        v = shift(u, delta)
+        valid = partner_mask(u, delta, pad_mask, acc_dtype) * mult
+        count = count + valid
+        if cfg.normalize and cfg.norm_order == "normalize_first":
+            uv = (u * v).sum(-1, keepdim=True)
+            n2 = uu * (v * v).sum(-1, keepdim=True) - uv * uv
+            valid = valid / _norm(n2, cfg)
+        w = w + valid * v
+    if cfg.aggregation == "mean":
+        w = w / count.clamp_min(1)
+    if cfg.normalize and cfg.norm_order == "average_first":
+        uw = (u * w).sum(-1, keepdim=True)
+        w = w / _norm(uu * (w * w).sum(-1, keepdim=True) - uw * uw, cfg)
+    y = project(z, w.to(z.dtype), weight)
+    nonempty = (count > 0).to(acc_dtype)
+    # How many bias terms the naive path adds: one per valid offset for a sum of
+    # per-offset projections, otherwise one where any offset is valid.
+    if cfg.aggregation == "sum" and cfg.norm_order == "normalize_first":
+        n_bias = count
+    else:
+        n_bias = nonempty
+    if cfg.empty_value == "bias":
+        n_bias = n_bias + (1 - nonempty)
+    return y + (n_bias * bias.to(acc_dtype)).to(y.dtype)
