@@ -1,0 +1,106 @@
+"""Command-line plumbing shared by train/eval entry points: options, names, corpus, errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .data.sources import REPO_ROOT, DataUnavailableError, dataset_files
+from .utils.checkpoint import CheckpointError
+
+# sha256 of the train split of the stand-in corpus (`reduced/`, see data/README in the
+# project docs): runs on it are real but not comparable with the paper's tables.
+REDUCED_TRAIN_SHA256 = {
+    "wikitext": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    "snli": "1cb9b0f7c2ff6a4090a909b1a7e8962b57e11caba3f174fbe2c14157826a8edf",
+}
+# Size of the official train splits (HF rows / gold-labelled pairs).
+FULL_TRAIN_ROWS = {"wikitext": 36_718, "snli": 549_367}
+
+
+def default_cache_dir() -> Path:
+    """Tokenised-split cache: $CACHE_DIR or <repo>/cache (data dirs may be read-only)."""
+    return Path(os.environ.get("CACHE_DIR", REPO_ROOT / "cache"))
+
+
+def corpus_label(task: str, data_dir: Path) -> str:
+    """'reduced' (the stand-in corpus), 'full' (official train split size) or 'custom'."""
+    train = dataset_files(task, data_dir)["train"]
+    if hashlib.sha256(train.read_bytes()).hexdigest() == REDUCED_TRAIN_SHA256[task]:
+        return "reduced"
+    if task == "wikitext":
+        from .data.wikitext import read_wikitext_rows
+
+        n = len(read_wikitext_rows(train))
+    else:
+        from .data.snli import read_snli
+
+        n = len(read_snli(train))
+    return "full" if n == FULL_TRAIN_ROWS[task] else "custom"
+
+
+def run_name(model: str, task: str, seq_len: int, n_layers: int, seed: int, tag: str = "") -> str:
+    """<model>_<dataset>_L<len>_N<layers>_s<seed>[_<tag>], the run directory's name."""
+    return f"{model}_{task}_L{seq_len}_N{n_layers}_s{seed}" + (f"_{tag}" if tag else "")
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value), value parsed as bool/int/float/tuple of ints/str."""
+    if "=" not in text:
+        raise ValueError(f"--opt expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if "," in raw:
+        return key, tuple(int(x) for x in raw.split(",") if x)
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per dataclass field (kebab-case), defaulting to None = keep the field's default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                                metavar="{true,false}")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Instance of `cls` from the parsed flags that were given (plus overrides)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None}
+    return cls(**{**given, **overrides})
+
+
+def paper_batch_size(seq_len: int) -> int:
+    """The paper's batch sizes: 32 at L=128, 16 at L=256 (4,096 tokens); same budget elsewhere."""
+    return max(1, 4096 // seq_len)
+
+
+def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Run `main`, turning expected failures into one readable line and exit code 2."""
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (DataUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped

@@ -1,0 +1,130 @@
+"""Train a language model on WikiText-2 (raw): Transformer or Grassmann, any preset.
+
+    python -m grassmann_flows.train --model grassmann --preset paper --seq-len 256 --n-layers 12
+
+Writes <out-dir>/{config.json, metrics.jsonl, best.pt, last.pt, results.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.sources import ensure_dataset, resolve_data_dir
+from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
+from .models import PRESETS, build_model, count_parameters, resolve_config
+from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
+                   paper_batch_size, parse_option, run_name)
+from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
+
+
+class LMTask:
+    """Next-token prediction over non-overlapping blocks; validation metric: loss (PPL)."""
+
+    name = "wikitext"
+    metric = "loss"
+    higher_is_better = False
+
+    def __init__(self, splits: dict[str, LMBlocks]) -> None:
+        self.splits = splits
+
+    def n_train(self) -> int:
+        return len(self.splits["train"])
+
+    def train_batch(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return gather_batch(self.splits["train"], indices.tolist(), device)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = model(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX), x.numel()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device, batch_size: int,
+                 max_batches: int = 0) -> dict[str, Any]:
+        """Token-weighted perplexity over the split's non-overlapping blocks."""
+        return evaluate_blocks(model, self.splits[split], device, batch_size, max_batches)
+
+
+@torch.no_grad()
+def evaluate_blocks(model: nn.Module, ds: LMBlocks, device: torch.device, batch_size: int,
+                    max_batches: int = 0) -> dict[str, Any]:
+    """exp(total cross-entropy / total targets): every target token weighs the same."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for x, y in eval_batches(ds, batch_size, max_batches, device):
+        with autocast(device, "auto"):
+            logits = model(x)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="sum").double()
+        count += int((y != IGNORE_INDEX).sum())
+    model.train(was_training)
+    loss = (total / max(1, count)).item()
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "n_targets": count}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=("transformer", "grassmann"))
+    p.add_argument("--preset", default="paper", choices=PRESETS)
+    p.add_argument("--n-layers", type=int, default=6)
+    p.add_argument("--n-positions", type=int, default=None, help="position-table rows (default: seq_len)")
+    p.add_argument("--mixer-impl", default=None, choices=("naive", "fast", "fused"))
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any model option, e.g. --opt normalize=false --opt offsets=1,2,4 (repeatable)")
+    p.add_argument("--tag", default="", help="suffix of the run name (ablations)")
+    p.add_argument("--data-dir", default=None, help="local data directory (default: $DATA_DIR or <repo>/data)")
+    p.add_argument("--cache-dir", default=None, help="tokenised-split cache (default: $CACHE_DIR or <repo>/cache)")
+    p.add_argument("--out-dir", default=None, help="run directory (default: outputs/manual/<run name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    add_dataclass_args(p, LMDataConfig)
+    add_dataclass_args(p, TrainConfig)
+    return p
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    data_cfg = dataclass_from_args(LMDataConfig, args)
+    train_cfg = dataclass_from_args(TrainConfig, args, batch_size=args.batch_size or paper_batch_size(data_cfg.seq_len))
+    options: dict[str, Any] = dict(parse_option(o) for o in args.opt)
+    options.update(n_layers=args.n_layers, n_positions=args.n_positions or data_cfg.seq_len)
+    if args.mixer_impl:
+        options["mixer_impl"] = args.mixer_impl
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_dataset("wikitext", data_dir)  # fails here, before any work, if the data is missing
+    from .data.tokenizers import load_tokenizer
+
+    options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
+    model_cfg = resolve_config(args.model, args.preset, **options)
+    name = run_name(args.model, "wikitext", data_cfg.seq_len, args.n_layers, train_cfg.seed, args.tag)
+    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
+
+    splits = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    print(describe(splits), flush=True)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(args.model, args.preset, **options)
+    corpus = corpus_label("wikitext", data_dir)
+    print(f"run {name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}", flush=True)
+    run_info = {
+        "model": model_cfg.to_dict(),
+        "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
+        "summary": {"run_name": name, "task": "wikitext", "model": args.model, "preset": args.preset,
+                    "tag": args.tag, "seq_len": data_cfg.seq_len, "n_layers": args.n_layers,
+                    "seed": train_cfg.seed, "corpus": corpus, "data_dir": str(data_dir)},
+    }
+    results = fit(model, LMTask(splits), train_cfg, out_dir, run_info, resume=args.resume)
+    return exit_code(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

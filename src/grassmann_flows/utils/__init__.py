@@ -1,0 +1,1 @@
+"""Run plumbing shared by the training and evaluation entry points."""

@@ -1,0 +1,104 @@
+"""Checkpoints: a state_dict plus JSON metadata, written atomically, read safely.
+
+Format (a dict saved with torch.save): {"model": state_dict, "optimizer": state_dict
+or None, "rng": RNG states (tensors), "meta": a JSON string}. Loading uses
+`weights_only=True`, so a pickle that would run code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.sources import atomic_write
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, unsafe, or from another configuration."""
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file and a rename: a crash never leaves a torn file."""
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from, as tensors and plain values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Save model (and optimizer, RNG) state with JSON-serialisable `meta`."""
+    atomic_torch_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "rng": rng_state(),
+            "meta": json.dumps(meta, sort_keys=True),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; `meta` comes back as a dict.
+
+    Raises CheckpointError with one readable line for a missing, truncated, corrupt
+    or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refusing to load {path}: not a plain-weights checkpoint ({first})") from e
+    except Exception as e:  # torn zip, wrong format, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(f"{path} is not a grassmann-flows checkpoint (no model/meta entries)")
+    ckpt["meta"] = json.loads(ckpt["meta"])
+    return ckpt
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two nested config dicts."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_mismatch(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} (checkpoint {a!r}, now {b!r})")
+    return out
