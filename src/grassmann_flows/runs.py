@@ -104,3 +104,29 @@ def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None],
             return 2
 
     return wrapped
+
+
+def load_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any], Path]:
+    """Rebuild the model of a run's best.pt (a run directory or a .pt path).
+
+    expect: summary fields the caller asked for (model, seq_len, ...); a checkpoint
+    whose own summary differs is refused, naming the mismatched fields.
+    Returns (model in eval mode on `device`, checkpoint meta, checkpoint path).
+    """
+    from .models import ModelConfig, model_from_config
+    from .utils.checkpoint import config_mismatch, load_checkpoint
+
+    path = Path(path)
+    ckpt_path = path / "best.pt" if path.is_dir() else path
+    ckpt = load_checkpoint(ckpt_path, device)
+    meta = ckpt["meta"]
+    summary = meta.get("summary", {})
+    mismatched = config_mismatch({k: summary.get(k) for k in expect}, expect)
+    if mismatched:
+        raise CheckpointError(f"{ckpt_path} is from another configuration: " + "; ".join(mismatched))
+    model = model_from_config(ModelConfig.from_dict(meta["model"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path} does not fit its own model config: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), meta, ckpt_path

@@ -71,6 +71,9 @@ class SNLITask:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", default="scratch", choices=("scratch", "distilbert"),
+                   help="scratch: an encoder of --model over the pair encoding; distilbert: a --model head "
+                        "on a DistilBERT backbone (the paper's Table 3)")
     p.add_argument("--model", required=True, choices=("transformer", "grassmann"))
     p.add_argument("--preset", default="paper", choices=PRESETS)
     p.add_argument("--n-layers", type=int, default=6)

@@ -82,8 +82,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"refusing to load {path}: not a plain-weights checkpoint ({first})") from e
+        # weights_only refused it: it is no torch checkpoint, or it holds objects whose
+        # unpickling could run code. Either way it is not loaded.
+        raise CheckpointError(
+            f"refusing to load {path}: not a plain-weights checkpoint (weights_only=True rejected it)"
+        ) from e
     except Exception as e:  # torn zip, wrong format, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:

@@ -1,0 +1,58 @@
+"""Evaluate an SNLI run's best.pt on the test split: accuracy, loss, per-class, confusion.
+
+    python -m grassmann_flows.eval_snli outputs/<ts>/grassmann_snli_L128_N6_s0
+
+Writes <run>/eval_<split>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data.snli import LABELS, SNLIDataConfig, load_snli_splits
+from .data.sources import resolve_data_dir
+from .runs import cli, default_cache_dir, load_run, parse_option
+from .train_snli import SNLITask
+from .training import resolve_device
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory (uses its best.pt) or a checkpoint path")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="default: the run's own data directory")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    device = resolve_device(args.device)
+    model, meta, ckpt = load_run(args.run, dict(parse_option(e) for e in args.expect), device)
+    if meta["summary"]["task"] != "snli":
+        raise ValueError(f"{ckpt} is a {meta['summary']['task']} checkpoint, not an SNLI one")
+    data_cfg = SNLIDataConfig(**{k: v for k, v in meta["data"].items() if k in SNLIDataConfig.__dataclass_fields__})
+    data_dir = resolve_data_dir(args.data_dir or meta["data"]["data_dir"])
+    splits = load_snli_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} pairs")
+    m = SNLITask(splits).evaluate(model, args.split, device, args.batch_size, args.max_batches)
+    print(f"EVAL split={args.split} acc={m['acc']:.4f} loss={m['loss']:.4f} n={m['n']}")
+    print("per-class accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in m["per_class_acc"].items()))
+    print("confusion (rows gold, columns predicted; " + "/".join(LABELS) + "): " + str(m["confusion"]))
+    out = ckpt.parent / f"eval_{args.split}.json"
+    out.write_text(json.dumps({"checkpoint": str(ckpt), "split": args.split, "corpus": meta["data"]["corpus"], **m},
+                              indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
