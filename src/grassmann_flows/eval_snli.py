@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .data.snli import LABELS, SNLIDataConfig, load_snli_splits
 from .data.sources import resolve_data_dir
-from .runs import cli, default_cache_dir, load_run, parse_option
-from .train_snli import SNLITask
+from .runs import cli, default_cache_dir, load_run, load_weights, open_run, parse_option
+from .train_snli import SNLITask, model_from_meta
 from .training import resolve_device
 
 
@@ -36,19 +36,27 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = resolve_device(args.device)
-    model, meta, ckpt = load_run(args.run, dict(parse_option(e) for e in args.expect), device)
+    ckpt, path = open_run(args.run, dict(parse_option(e) for e in args.expect), device)
+    meta = ckpt["meta"]
     if meta["summary"]["task"] != "snli":
-        raise ValueError(f"{ckpt} is a {meta['summary']['task']} checkpoint, not an SNLI one")
+        raise ValueError(f"{path} is a {meta['summary']['task']} checkpoint, not an SNLI one")
     data_cfg = SNLIDataConfig(**{k: v for k, v in meta["data"].items() if k in SNLIDataConfig.__dataclass_fields__})
     data_dir = resolve_data_dir(args.data_dir or meta["data"]["data_dir"])
-    splits = load_snli_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
-    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} pairs")
-    m = SNLITask(splits).evaluate(model, args.split, device, args.batch_size, args.max_batches)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    splits = load_snli_splits(data_dir, data_cfg, cache_dir)
+    if meta["summary"].get("snli_mode") == "distilbert":
+        model, task = model_from_meta(meta, splits, cache_dir, device)
+        load_weights(model, ckpt, path)
+    else:
+        model, meta, path = load_run(path, {}, device)
+        task = SNLITask(splits)
+    print(f"evaluating {path} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} pairs")
+    m = task.evaluate(model.to(device), args.split, device, args.batch_size, args.max_batches)
     print(f"EVAL split={args.split} acc={m['acc']:.4f} loss={m['loss']:.4f} n={m['n']}")
     print("per-class accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in m["per_class_acc"].items()))
     print("confusion (rows gold, columns predicted; " + "/".join(LABELS) + "): " + str(m["confusion"]))
-    out = ckpt.parent / f"eval_{args.split}.json"
-    out.write_text(json.dumps({"checkpoint": str(ckpt), "split": args.split, "corpus": meta["data"]["corpus"], **m},
+    out = path.parent / f"eval_{args.split}.json"
+    out.write_text(json.dumps({"checkpoint": str(path), "split": args.split, "corpus": meta["data"]["corpus"], **m},
                               indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .data.sources import REPO_ROOT, DataUnavailableError, dataset_files
+from .models.snli_heads import BackboneUnavailableError
 from .utils.checkpoint import CheckpointError
 
 # sha256 of the train split of the stand-in corpus (`reduced/`, see data/README in the
@@ -99,34 +100,47 @@ def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None],
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
-        except (DataUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
+        except (DataUnavailableError, BackboneUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
     return wrapped
 
 
-def load_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any], Path]:
-    """Rebuild the model of a run's best.pt (a run directory or a .pt path).
+def open_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[dict[str, Any], Path]:
+    """Load a run's best.pt (a run directory or a .pt path) and check it is the one asked for.
 
     expect: summary fields the caller asked for (model, seq_len, ...); a checkpoint
     whose own summary differs is refused, naming the mismatched fields.
-    Returns (model in eval mode on `device`, checkpoint meta, checkpoint path).
+    Returns (checkpoint dict with parsed meta, checkpoint path).
     """
-    from .models import ModelConfig, model_from_config
     from .utils.checkpoint import config_mismatch, load_checkpoint
 
     path = Path(path)
     ckpt_path = path / "best.pt" if path.is_dir() else path
     ckpt = load_checkpoint(ckpt_path, device)
-    meta = ckpt["meta"]
-    summary = meta.get("summary", {})
+    summary = ckpt["meta"].get("summary", {})
     mismatched = config_mismatch({k: summary.get(k) for k in expect}, expect)
     if mismatched:
         raise CheckpointError(f"{ckpt_path} is from another configuration: " + "; ".join(mismatched))
-    model = model_from_config(ModelConfig.from_dict(meta["model"]))
+    return ckpt, ckpt_path
+
+
+def load_weights(model: Any, ckpt: dict[str, Any], ckpt_path: Path) -> None:
+    """Strictly load the checkpoint's weights into `model`, failing with one readable line."""
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path} does not fit its own model config: {str(e).splitlines()[0]}") from e
-    return model.to(device).eval(), meta, ckpt_path
+        raise CheckpointError(f"{ckpt_path} does not fit the model it describes: {str(e).splitlines()[0]}") from e
+
+
+def load_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any], Path]:
+    """(model in eval mode on `device`, meta, checkpoint path) of a from-scratch run."""
+    from .models import ModelConfig, model_from_config
+
+    ckpt, ckpt_path = open_run(path, expect, device)
+    if "model" not in ckpt["meta"]:
+        raise CheckpointError(f"{ckpt_path} holds no from-scratch model config")
+    model = model_from_config(ModelConfig.from_dict(ckpt["meta"]["model"]))
+    load_weights(model, ckpt, ckpt_path)
+    return model.to(device).eval(), ckpt["meta"], ckpt_path

@@ -1,6 +1,11 @@
-"""Train an SNLI classifier: a from-scratch encoder of either kind over the pair encoding.
+"""Train an SNLI classifier, from scratch or as a head on DistilBERT (the paper's Table 3).
 
-    python -m grassmann_flows.train_snli --model grassmann --n-layers 6
+    python -m grassmann_flows.train_snli --model grassmann --n-layers 6          # scratch
+    python -m grassmann_flows.train_snli --mode distilbert --model grassmann     # paper's heads
+
+scratch: an encoder of --model over `[CLS] premise [SEP] hypothesis [SEP]`.
+distilbert: a --model head (Transformer or Grassmann-Plücker) over DistilBERT token
+features; with the backbone frozen (default) the features are computed once and cached.
 
 Writes <out-dir>/{config.json, metrics.jsonl, best.pt, last.pt, results.json}.
 """
@@ -8,10 +13,11 @@ Writes <out-dir>/{config.json, metrics.jsonl, best.pt, last.pt, results.json}.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -21,31 +27,53 @@ from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
 from .data.sources import ensure_dataset, resolve_data_dir
 from .models import PRESETS, build_classifier, count_parameters
 from .runs import add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, parse_option, run_name
-from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
+from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
+from .models.snli_heads import build_snli_model, nli_inputs
+from .training import TrainConfig, autocast, exit_code, fit, gather_batch, resolve_device
 
 # SNLI defaults (the paper: 20 epochs; nothing else stated for the classifiers).
 SNLI_DEFAULTS = {"epochs": 20, "batch_size": 32, "lr": 3e-4}
 
 
+def _scratch_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
+def _head_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(*nli_inputs(batch))
+
+
+def _fetch(ds: Any, idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    # Cached DistilBERT features read a whole batch at once (padded to its longest sentence).
+    if isinstance(ds, CachedFeatureDataset):
+        return {k: v.to(device, non_blocking=True) for k, v in ds[idx].items()}
+    return gather_batch(ds, idx, device)
+
+
 class SNLITask:
-    """3-way classification; validation metric: accuracy."""
+    """3-way classification; validation metric: accuracy.
+
+    splits: token datasets (scratch, fine-tuned DistilBERT) or cached features (frozen).
+    forward: how the model consumes a batch.
+    """
 
     name = "snli"
     metric = "acc"
     higher_is_better = True
 
-    def __init__(self, splits: dict[str, SNLIDataset]) -> None:
+    def __init__(self, splits: dict[str, Any], forward: Callable[[nn.Module, Any], torch.Tensor] = _scratch_forward):
         self.splits = splits
+        self.forward = forward
 
     def n_train(self) -> int:
         return len(self.splits["train"])
 
     def train_batch(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        return gather_batch(self.splits["train"], indices.tolist(), device)
+        return _fetch(self.splits["train"], indices.tolist(), device)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        return F.cross_entropy(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
+        n_tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("mask"))
+        return F.cross_entropy(self.forward(model, batch).float(), batch["labels"]), n_tokens
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device, batch_size: int,
@@ -56,9 +84,11 @@ class SNLITask:
         model.eval()
         confusion = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
         total_loss = 0.0
-        for batch in eval_batches(ds, batch_size, max_batches, device):
+        n_batches = math.ceil(len(ds) / batch_size)
+        for b in range(min(n_batches, max_batches) if max_batches else n_batches):
+            batch = _fetch(ds, list(range(b * batch_size, min(len(ds), (b + 1) * batch_size))), device)
             with autocast(device, "auto"):
-                logits = model(batch["input_ids"], batch["attention_mask"]).float()
+                logits = self.forward(model, batch).float()
             total_loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
             pairs = batch["labels"].cpu() * len(LABELS) + logits.argmax(-1).cpu()
             confusion += torch.bincount(pairs, minlength=len(LABELS) ** 2).view(len(LABELS), len(LABELS))
@@ -67,6 +97,27 @@ class SNLITask:
         per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
         return {"acc": confusion.diag().sum().item() / max(1, n), "loss": total_loss / max(1, n), "n": n,
                 "per_class_acc": dict(zip(LABELS, per_class)), "confusion": confusion.tolist()}
+
+
+def _distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache_dir: Path,
+                      device: torch.device) -> tuple[nn.Module, SNLITask]:
+    """The module to train and its task for a DistilBERT head run.
+
+    Frozen backbone: only the head trains, on token features cached once per split
+    (so checkpoints hold the head alone). Fine-tuned: the whole model on token ids.
+    """
+    model = build_snli_model(head["head"], head["backbone"], finetune_backbone=head["finetune_backbone"],
+                             encoding=head["encoding"])
+    if head["finetune_backbone"]:
+        return model, SNLITask(splits, _head_forward)
+    feats = cached_feature_splits(model.backbone.to(device), {k: ds.arrays for k, ds in splits.items()}, cache_dir)
+    return model.head, SNLITask(feats, _head_forward)
+
+
+def model_from_meta(meta: dict[str, Any], splits: dict[str, SNLIDataset], cache_dir: Path,
+                    device: torch.device) -> tuple[nn.Module, SNLITask]:
+    """Rebuild a DistilBERT-mode run's trained module and task from checkpoint metadata."""
+    return _distilbert_setup(meta["distilbert"], splits, cache_dir, device)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out-dir", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--backbone", default="distilbert-base-uncased",
+                   help="distilbert mode: hub name or local directory of the backbone")
+    p.add_argument("--finetune-backbone", action="store_true", help="distilbert mode: train the backbone too")
+    p.add_argument("--encoding", default="separate", choices=("separate", "pair"),
+                   help="distilbert mode: premise and hypothesis as two 48-token inputs (paper) or one pair")
     add_dataclass_args(p, SNLIDataConfig, skip=("encoding", "sent_len"))
     add_dataclass_args(p, TrainConfig)
     return p
@@ -102,27 +158,40 @@ def main(argv: list[str] | None = None) -> int:
         options["mixer_impl"] = args.mixer_impl
     data_dir = resolve_data_dir(args.data_dir)
     ensure_dataset("snli", data_dir)
-    from .data.tokenizers import load_tokenizer
-
-    options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
-    name = run_name(args.model, "snli", data_cfg.max_len, args.n_layers, train_cfg.seed, args.tag)
-    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
-    splits = load_snli_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
-    for split, ds in splits.items():
-        print(f"snli {split}: {len(ds):,} pairs, padded to {data_cfg.max_len} tokens", flush=True)
-    torch.manual_seed(train_cfg.seed)
-    model = build_classifier(args.model, args.preset, pooling=args.pooling, **options)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     corpus = corpus_label("snli", data_dir)
-    print(f"run {name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}", flush=True)
-    run_info = {
-        "model": model.cfg.to_dict(),
-        "classifier": {"pooling": args.pooling},
-        "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
-        "summary": {"run_name": name, "task": "snli", "snli_mode": "scratch", "model": args.model,
-                    "preset": args.preset, "tag": args.tag, "seq_len": data_cfg.max_len,
-                    "n_layers": args.n_layers, "seed": train_cfg.seed, "corpus": corpus, "data_dir": str(data_dir)},
-    }
-    results = fit(model, SNLITask(splits), train_cfg, out_dir, run_info, resume=args.resume)
+    summary = {"task": "snli", "snli_mode": args.mode, "model": args.model, "preset": args.preset,
+               "tag": args.tag, "n_layers": args.n_layers, "seed": train_cfg.seed, "corpus": corpus,
+               "data_dir": str(data_dir)}
+    torch.manual_seed(train_cfg.seed)
+    if args.mode == "scratch":
+        from .data.tokenizers import load_tokenizer
+
+        options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
+        name = run_name(args.model, "snli", data_cfg.max_len, args.n_layers, train_cfg.seed, args.tag)
+        splits = load_snli_splits(data_dir, data_cfg, cache_dir)
+        model = build_classifier(args.model, args.preset, pooling=args.pooling, **options)
+        task = SNLITask(splits)
+        model_info = {"model": model.cfg.to_dict(), "classifier": {"pooling": args.pooling}}
+        summary["seq_len"] = data_cfg.max_len
+    else:
+        name = f"{args.model}_snli_distilbert_s{train_cfg.seed}" + (f"_{args.tag}" if args.tag else "")
+        head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
+                "encoding": args.encoding}
+        data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
+                                  max_len=2 * 48)
+        splits = load_snli_splits(data_dir, data_cfg, cache_dir)
+        model, task = _distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
+        model_info = {"distilbert": head}
+        summary["seq_len"] = data_cfg.sent_len
+    for split, ds in splits.items():
+        print(f"snli {split}: {len(ds):,} pairs ({data_cfg.encoding} encoding)", flush=True)
+    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
+    print(f"run {name}: {count_parameters(model):,} trainable-module parameters, corpus={corpus}, out={out_dir}",
+          flush=True)
+    run_info = {**model_info, "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
+                "summary": {"run_name": name, **summary}}
+    results = fit(model, task, train_cfg, out_dir, run_info, resume=args.resume)
     return exit_code(results)
 
 

@@ -1,0 +1,287 @@
+"""SNLI heads on a DistilBERT backbone: pairing, Plücker features, training, feature cache.
+
+A tiny randomly initialised DistilBERT stands in for distilbert-base-uncased (whose
+weights are not on the build machines); the heads take its width as their input width.
+The paper-size heads are only built for the parameter counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import DistilBertConfig, DistilBertModel
+
+from grassmann_flows.data.distilbert_features import (
+    CachedFeatureDataset,
+    backbone_fingerprint,
+    build_feature_cache,
+    cached_feature_splits,
+    feature_loader,
+)
+from grassmann_flows.models.lm import count_parameters
+from grassmann_flows.models.snli_heads import (
+    BackboneUnavailableError,
+    GrassmannPluckerHead,
+    TransformerHead,
+    build_head,
+    build_snli_model,
+    load_backbone,
+    nli_inputs,
+    scale_bands,
+    window_pairs,
+    window_partners,
+)
+
+DIM = 32  # tiny backbone width = the heads' input width in these tests
+VOCAB = 100
+SMALL_G = dict(d_model=32, reduced_dim=8, d_ff=64)  # windows 8/8, 4 heads, 2 layers as the paper
+SMALL_T = dict(d_model=32, d_ff=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: extra intra-op threads only spin on a busy shared CPU (10-20x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_backbone(seed: int = 0) -> DistilBertModel:
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(vocab_size=VOCAB, dim=DIM, n_layers=2, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=64)
+    return DistilBertModel(cfg).eval()
+
+
+def token_arrays(n: int, length: int, encoding: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Arrays shaped like data.snli.tokenize_snli: right-padded ids int32, masks uint8.
+
+    Every premise appears twice, as in SNLI (one premise, several hypotheses).
+    """
+    rng = np.random.default_rng(seed)
+
+    def sentences(k: int) -> tuple[np.ndarray, np.ndarray]:
+        lengths = rng.integers(3, length + 1, size=k)
+        mask = (np.arange(length) < lengths[:, None]).astype(np.uint8)
+        ids = np.where(mask, rng.integers(5, VOCAB, size=(k, length)), 0).astype(np.int32)
+        ids[:, 0] = 1  # a [CLS]-like first token
+        return ids, mask
+
+    labels = rng.integers(0, 3, size=n).astype(np.int64)
+    if encoding == "pair":
+        ids, mask = sentences(n)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    p_ids, p_mask = sentences((n + 1) // 2)
+    h_ids, h_mask = sentences(n)
+    return {"premise_ids": np.repeat(p_ids, 2, 0)[:n], "premise_mask": np.repeat(p_mask, 2, 0)[:n],
+            "hypothesis_ids": h_ids, "hypothesis_mask": h_mask, "labels": labels}
+
+
+def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, dtype=torch.long) for k, v in arrays.items()}
+
+
+def random_features(B: int, L: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, DIM, generator=g)
+    lengths = torch.randint(3, L + 1, (B,), generator=g)
+    return x, (torch.arange(L) < lengths[:, None]).long()
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+@pytest.mark.parametrize("length,window,stride", [(48, 8, 8), (13, 8, 8), (20, 8, 4), (5, 8, 8), (16, 4, 1)])
+def test_window_pairs_never_pair_a_token_with_itself(length, window, stride):
+    pairs = window_pairs(length, window, stride)
+    t, s = pairs.unbind(1)
+    assert (t != s).all()
+    assert ((0 <= pairs) & (pairs < length)).all()
+    starts = range(0, length, stride)
+    expected = {(a, b) for st in starts for a in range(st, min(st + window, length))
+                for b in range(st, min(st + window, length)) if a != b}
+    assert set(map(tuple, pairs.tolist())) == expected
+    assert len(pairs) == len(expected)  # no pair twice
+
+    partner, valid, _ = window_partners(length, window, stride, 1, torch.device("cpu"))
+    pos = torch.arange(length)[:, None].expand_as(partner)
+    assert (partner[valid] != pos[valid]).all()
+    assert sorted(zip(pos[valid].tolist(), partner[valid].tolist())) == sorted(expected)
+
+
+def test_paper_windows_pair_within_non_overlapping_blocks_of_eight():
+    pairs = window_pairs(48, 8, 8)
+    assert len(pairs) == 6 * 8 * 7  # 6 windows, every token with its 7 window mates
+    assert (pairs[:, 0] // 8 == pairs[:, 1] // 8).all()
+    with pytest.raises(ValueError):
+        window_pairs(48, 8, 9)  # tokens between windows would have no partner
+
+
+def test_mixing_heads_are_distance_bands():
+    assert scale_bands(8, 4) == ((1,), (2,), (3, 4), (5, 6, 7))
+    assert scale_bands(8, 1) == ((1, 2, 3, 4, 5, 6, 7),)
+    partner, valid, head = window_partners(16, 8, 8, 4, torch.device("cpu"))
+    dist = (partner - torch.arange(16)[:, None]).abs()
+    band = {d: h for h, b in enumerate(scale_bands(8, 4)) for d in b}
+    assert all(head[t, k] == band[int(dist[t, k])] for t, k in valid.nonzero().tolist())
+    with pytest.raises(ValueError):
+        scale_bands(8, 7)  # more heads than distance bands that hold pairs
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+@pytest.mark.parametrize("encoding", ["separate", "pair"])
+def test_heads_give_three_logits(kind, encoding):
+    head = build_head(kind, in_dim=DIM, encoding=encoding, **(SMALL_G if kind == "grassmann" else SMALL_T)).eval()
+    p, pm = random_features(4, 12, seed=1)
+    h, hm = random_features(4, 9, seed=2)  # sentences of different padded lengths
+    out = head(p, pm, h, hm) if encoding == "separate" else head(p, pm)
+    assert out.shape == (4, 3) and torch.isfinite(out).all()
+    with pytest.raises(ValueError):
+        head(p, pm) if encoding == "separate" else head(p, pm, h, hm)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+def test_heads_ignore_padded_positions(kind):
+    head = build_head(kind, in_dim=DIM, **(SMALL_G if kind == "grassmann" else SMALL_T)).eval()
+    p, pm = random_features(3, 16, seed=3)
+    h, hm = random_features(3, 16, seed=4)
+    ref = head(p, pm, h, hm)
+    noisy = [x + 100 * torch.randn_like(x) * (1 - m[..., None]) for x, m in ((p, pm), (h, hm))]
+    torch.testing.assert_close(head(noisy[0], pm, noisy[1], hm), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+def test_heads_train_on_a_tiny_batch(kind):
+    torch.manual_seed(0)
+    head = build_head(kind, in_dim=DIM, **(SMALL_G if kind == "grassmann" else SMALL_T))
+    p, pm = random_features(8, 10, seed=5)
+    h, hm = random_features(8, 10, seed=6)
+    y = torch.arange(8) % 3
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(head(p, pm, h, hm), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_grassmann_features_equal_explicit_pluecker_projection():
+    """The bilinear fast path == project the explicit per-head mean Plücker vectors (float64)."""
+    torch.manual_seed(0)
+    head = GrassmannPluckerHead(in_dim=DIM, **SMALL_G).double().eval()
+    mixer = head.layers[0].mixer
+    z = torch.randn(3, 21, 8, dtype=torch.float64)
+    mask = (torch.arange(21) < torch.tensor([21, 14, 6])[:, None]).long()
+    p_mean = mixer.mean_pluecker(z, mask)  # (N, L, H, P)
+    W, b = mixer.proj[0].weight, mixer.proj[0].bias
+    H = mixer.n_heads
+    nonempty = p_mean.abs().sum(-1, keepdim=True) > 0
+    ref = torch.einsum("nlhp,hdp->nlhd", p_mean, W.view(H, -1, W.shape[1])) + b.view(H, -1) * nonempty
+    torch.testing.assert_close(mixer.features(z, mask), ref.flatten(-2), rtol=1e-10, atol=1e-10)
+
+
+def test_grassmann_pluecker_features_nonzero_and_order_sensitive():
+    torch.manual_seed(0)
+    head = GrassmannPluckerHead(in_dim=DIM, **SMALL_G).eval()
+    x, _ = random_features(2, 24, seed=7)
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, 19:] = 0
+    feats = head.pluecker_features(x, mask)
+    assert len(feats) == 2 and feats[0].shape == (2, 24, 4, 8 * 7 // 2)
+    for f in feats:
+        real = f[mask.bool()]
+        assert (real.abs().sum((-1, -2)) > 1e-3).all()  # every real token has a non-zero plane
+        assert (f[~mask.bool()] == 0).all()  # padding is never paired
+
+    swapped = x.clone()
+    swapped[:, [9, 10]] = x[:, [10, 9]]  # swap two tokens of the second window (8..15)
+    feats2 = head.pluecker_features(swapped, mask)
+    for f, f2 in zip(feats, feats2):
+        assert (f[:, 8:16] - f2[:, 8:16]).abs().max() > 1e-3  # their window sees the new order
+    torch.testing.assert_close(feats2[0][:, :8], feats[0][:, :8])  # other windows do not (layer 0)
+    torch.testing.assert_close(feats2[0][:, 16:], feats[0][:, 16:])
+
+
+@pytest.mark.parametrize("encoding", ["separate", "pair"])
+def test_paper_size_parameter_counts_match_within_5_percent(encoding):
+    n_t = count_parameters(TransformerHead(encoding=encoding))
+    n_g = count_parameters(GrassmannPluckerHead(encoding=encoding))
+    print(f"\nparameters at 768 input ({encoding}): TransformerHead {n_t:,}  "
+          f"GrassmannPluckerHead {n_g:,}  ({100 * (n_t - n_g) / n_g:+.2f}%)")
+    assert abs(n_t - n_g) / n_g < 0.05
+    mixer = GrassmannPluckerHead().layers[0].mixer
+    assert mixer.proj[0].in_features == 2016  # d_proj = 64 -> C(64, 2) Plücker coordinates
+
+
+# ----------------------------------------------------------------------------- backbone + cache
+
+
+@pytest.mark.parametrize("encoding", ["separate", "pair"])
+def test_cached_features_give_the_uncached_logits(tmp_path, encoding):
+    backbone = tiny_backbone()
+    arrays = token_arrays(10, 12, encoding)
+    model = build_snli_model("grassmann", backbone, encoding=encoding, **SMALL_G).eval()
+    ref = model(*nli_inputs(as_tensors(arrays)))
+
+    path = build_feature_cache(backbone, arrays, tmp_path, name="test", progress=False)
+    ds = CachedFeatureDataset(path)
+    assert len(ds) == 10 and ds.encoding == encoding
+    if encoding == "separate":
+        assert ds.meta["n_sentences"] == 5 + 10  # each premise once, each hypothesis once
+    cached = model.head(*nli_inputs(ds[list(range(10))]))
+    torch.testing.assert_close(cached, ref, rtol=1e-3, atol=2e-3)  # float16 storage
+
+    item = ds[3]
+    assert item["premise"].shape == (12, DIM) and item["premise"].dtype == torch.float16
+    batches = list(feature_loader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == sorted(arrays["labels"].tolist())
+
+    t0 = time.perf_counter()
+    assert build_feature_cache(backbone, arrays, tmp_path, name="test", progress=False) == path
+    assert time.perf_counter() - t0 < 5  # found, not rebuilt
+    other = tiny_backbone(seed=1)  # different weights -> a different cache
+    splits = cached_feature_splits(other, {"validation": arrays}, tmp_path, progress=False)
+    assert splits["validation"].path != path
+
+
+def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
+    arrays = as_tensors(token_arrays(4, 10, "separate"))
+    y = arrays["labels"]
+    frozen = build_snli_model("transformer", tiny_backbone(), **SMALL_T).train()
+    assert not frozen.backbone.training and frozen.head.training
+    F.cross_entropy(frozen(*nli_inputs(arrays)), y).backward()
+    assert all(p.grad is None for p in frozen.backbone.parameters())
+
+    tuned = build_snli_model("transformer", tiny_backbone(), finetune_backbone=True, **SMALL_T).train()
+    assert tuned.backbone.training
+    F.cross_entropy(tuned(*nli_inputs(arrays)), y).backward()
+    assert tuned.backbone.transformer.layer[0].attention.q_lin.weight.grad is not None
+
+
+def test_load_backbone_reports_missing_weights_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for where in (tmp_path / "no-such-dir", tmp_path):  # missing dir; dir without config/weights
+        with pytest.raises(BackboneUnavailableError) as err:
+            load_backbone(str(where))
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert "--backbone" in msg and "huggingface-cli download distilbert-base-uncased" in msg
+
+
+def test_load_backbone_from_a_local_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = tiny_backbone()
+    backbone.save_pretrained(tmp_path / "distilbert")
+    loaded = load_backbone(str(tmp_path / "distilbert"))
+    assert backbone_fingerprint(loaded) == backbone_fingerprint(backbone)
