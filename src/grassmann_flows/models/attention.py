@@ -22,6 +22,8 @@ class SelfAttention(nn.Module):
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).transpose(1, 3).unbind(2)
         mask = None if pad_mask is None else pad_mask.bool()[:, None, None, :]  # (B, 1, 1, L) keys
+        if mask is not None and self.causal:  # SDPA takes a mask or is_causal, not both
+            mask = mask & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,

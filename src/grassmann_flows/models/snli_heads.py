@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from .backbone import Block
 from .config import MixerConfig, ModelConfig
 from .mixer import GrassmannMixer
-from .mixer.fast import antisymmetric_weight
 from .mixer.naive import pluecker
 
 __all__ = [
@@ -214,7 +213,7 @@ class WindowGrassmannMixer(GrassmannMixer):
         w = torch.einsum("nlkh,nlkr->nlhr", c, zs).to(z.dtype)  # (N, L, H, r)
         outer = (z.unsqueeze(-2).unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)  # z_t w_{t,h}^T
         W, b = self.proj[0].weight, self.proj[0].bias
-        A = antisymmetric_weight(W, r).view(self.n_heads, -1, r * r)  # head h: rows of its slice
+        A = (W @ self.antisym).view(self.n_heads, -1, r * r)  # head h: rows of its slice
         g = torch.einsum("nlhq,hdq->nlhd", outer, A) + b.view(self.n_heads, -1) * nonempty.unsqueeze(-1)
         return g.flatten(-2).to(z.dtype)
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 
 from ..config import MixerConfig
-from .fast import fast_features, wedge_project
+import os
+
+from .fast import antisymmetrizer, fast_features, wedge_project
 from .naive import naive_features
 
 __all__ = ["GrassmannMixer", "resolve_impl"]
@@ -55,6 +57,7 @@ class GrassmannMixer(nn.Module):
         self.gate = nn.Linear(2 * d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "out" else None
         self.norm = nn.LayerNorm(d_model) if cfg.mixer_norm else None
+        self.register_buffer("antisym", antisymmetrizer(cfg.reduced_dim), persistent=False)
 
     def features(self, z: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """g: (B, L, d) from reduced tokens z: (B, L, r) with the chosen implementation."""
@@ -63,8 +66,11 @@ class GrassmannMixer(nn.Module):
                 z, [p.weight for p in self.proj], [p.bias for p in self.proj],
                 self.offsets, self.cfg, pad_mask,
             )
-        project = wedge_project
-        if self.impl == "fused":
+        def project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            return wedge_project(u, w, weight, self.antisym)
+
+        # Triton kernels run on CUDA, or on the CPU only through its interpreter.
+        if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             from ...kernels import wedge_project_fused as project
         return fast_features(
             z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project

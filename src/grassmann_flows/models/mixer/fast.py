@@ -3,8 +3,9 @@
 Two identities make it cheap (the proof is in technical.md, §"The fast mixer"):
 
 (a) Lagrange: |u ∧ v|^2 = |u|^2 |v|^2 - (u·v)^2, so each offset's Plücker norm
-    costs three dot products over r, computed in float32 (or float64) however the
-    model runs, because the difference cancels.
+    costs a few dot products over r, computed in float32 (or float64) however the
+    model runs. We use it in the cancellation-free form |u|^2 |v_perp|^2 with
+    v_perp = v - (u·v/|u|^2) u, which leaves u ∧ v unchanged.
 (b) The wedge is bilinear and W_plü is shared, so
         mean_Delta [W (u ∧ v_Delta) / n_Delta + b]  =  W (u ∧ w) + b,
         w = sum_Delta c_Delta v_Delta,  c_Delta = 1 / (m_t n_Delta),
@@ -19,7 +20,6 @@ their scatter-add backward) are what made the earlier rewrites slow.
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -31,33 +31,32 @@ from .common import partner_mask, shift
 WedgeProject = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@lru_cache(maxsize=None)
-def _antisymmetrizer(r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """S: (P, r*r) with +1 at (k, i*r+j) and -1 at (k, j*r+i) for the k-th pair i < j."""
+def antisymmetrizer(r: int) -> torch.Tensor:
+    """S: (P, r*r) with +1 at (k, i*r+j) and -1 at (k, j*r+i) for the k-th pair i < j.
+
+    The mixer keeps S as a buffer, so it lives on the model's device and torch.compile
+    sees a plain tensor instead of a host-side construction in every step.
+    """
     i, j = torch.triu_indices(r, r, offset=1)
     k = torch.arange(i.numel())
-    S = torch.zeros(i.numel(), r * r, dtype=dtype)
+    S = torch.zeros(i.numel(), r * r)
     S[k, i * r + j] = 1.0
     S[k, j * r + i] = -1.0
-    return S.to(device)
+    return S
 
 
-def antisymmetric_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
-    """A: (d, r*r), the flattened antisymmetric matrices of W_plü: (d, P).
-
-    Each entry of A is a single entry of W with a sign, so A is exact in any dtype.
-    """
-    return weight @ _antisymmetrizer(r, weight.device, weight.dtype)
-
-
-def wedge_project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def wedge_project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+                  antisym: torch.Tensor | None = None) -> torch.Tensor:
     """W (u ∧ w) = u^T A_k w for every output k, as one GEMM with K = r*r.
 
-    u, w: (..., r); weight: (d, P) with P = r(r-1)/2. Returns (..., d).
+    u, w: (..., r); weight: (d, P) with P = r(r-1)/2; antisym: S of `antisymmetrizer(r)`
+    (built here when not given). A = W S is (d, r*r), each entry one entry of W with
+    a sign, so it is exact in any dtype. Returns (..., d).
     """
     r = u.shape[-1]
+    S = antisymmetrizer(r).to(weight) if antisym is None else antisym
     outer = (u.unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)  # (..., r*r)
-    return F.linear(outer, antisymmetric_weight(weight, r))
+    return F.linear(outer, weight @ S)
 
 
 def _norm(n2: torch.Tensor, cfg: MixerConfig) -> torch.Tensor:
@@ -94,20 +93,23 @@ def fast_features(
     uu = (u * u).sum(-1, keepdim=True)
     w = torch.zeros_like(u)
     count: torch.Tensor | int = 0  # valid offsets per position (with multiplicity)
+    # u ∧ v = u ∧ v_perp with v_perp = v - (u.v / |u|^2) u, and |u ∧ v_perp|^2 = |u|^2 |v_perp|^2
+    # has no cancellation: Lagrange's |u|^2|v|^2 - (u.v)^2 loses ~1/sin^2 of the angle
+    # in float32 when a token's partner is nearly parallel to it (repeated tokens).
+    inv_uu = 1.0 / uu.clamp_min(torch.finfo(acc_dtype).tiny)
     for delta, mult in Counter(offsets).items():
         v = shift(u, delta)
         valid = partner_mask(u, delta, pad_mask, acc_dtype) * mult
         count = count + valid
         if cfg.normalize and cfg.norm_order == "normalize_first":
-            uv = (u * v).sum(-1, keepdim=True)
-            n2 = uu * (v * v).sum(-1, keepdim=True) - uv * uv
-            valid = valid / _norm(n2, cfg)
+            v = v - ((u * v).sum(-1, keepdim=True) * inv_uu) * u
+            valid = valid / _norm(uu * (v * v).sum(-1, keepdim=True), cfg)
         w = w + valid * v
     if cfg.aggregation == "mean":
         w = w / count.clamp_min(1)
     if cfg.normalize and cfg.norm_order == "average_first":
-        uw = (u * w).sum(-1, keepdim=True)
-        w = w / _norm(uu * (w * w).sum(-1, keepdim=True) - uw * uw, cfg)
+        w = w - ((u * w).sum(-1, keepdim=True) * inv_uu) * u
+        w = w / _norm(uu * (w * w).sum(-1, keepdim=True), cfg)
     y = project(z, w.to(z.dtype), weight)
     nonempty = (count > 0).to(acc_dtype)
     # How many bias terms the naive path adds: one per valid offset for a sum of
