@@ -1,0 +1,597 @@
+#!/usr/bin/env python
+"""Step time and peak memory of the Grassmann mixer (naive / fast / fused) against SDPA attention.
+
+    python scripts/benchmark.py                           # current GPU, everything below
+    python scripts/benchmark.py --only mixer              # (a) only
+    python scripts/benchmark.py --compile-mode none       # (b) eager only
+    python scripts/benchmark.py --settings grid           # (b) at all four (L, N) of the WT2 grid
+    python scripts/benchmark.py --quick --device cpu      # smoke test: tiny sizes, few steps
+
+(a) One mixing layer, forward + backward under bf16 autocast: the paper's GrassmannMixer
+    (r = 32, offsets {1,2,4,8,12,16}, d = 256) with mixer_impl naive / fast / fused, and a
+    causal SDPA self-attention layer (d = 256, 4 heads), at L in {256, ..., 32768} with
+    B * L = 32768 tokens.
+(b) Whole training steps (forward + backward + fused AdamW step, bf16 autocast, random
+    tokens, BERT vocabulary 30,522) of TransformerLM and GrassmannLM naive / fast / fused
+    at the paper's settings (L=128, N=6, B=32) and (L=256, N=12, B=16), eager and under
+    torch.compile (--compile-mode, default "default reduce-overhead").
+
+Times are medians over --steps steps after --warmup steps, taken with CUDA events (wall
+clock on CPU); peak memory is torch.cuda.max_memory_allocated over the timed steps
+(not measured on CPU). A configuration that runs out of memory, or whose second step
+takes longer than --max-step-s, is recorded as skipped with the reason; one that raises
+is recorded with the error, and the run goes on.
+
+Writes results/bench/<gpu-slug>-<YYYY-MM-DD>.json (environment header, every row, the
+projection), a log-log plot of (a) as .png and .svg beside it, and prints markdown tables
+with Grassmann / attention ratios and the projected wall-clock of the WikiText-2 grid
+(both models, L in {128, 256}, N in {6, 12}, 30 epochs of ~2.1M training tokens) from
+the measured tokens/s. The fused rows need Triton and a GPU; on CPU they are skipped
+unless TRITON_INTERPRET=1, which runs them through Triton's interpreter (slow, only
+meaningful as a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from grassmann_flows.kernels import triton_available  # noqa: E402
+from grassmann_flows.models import build_model, resolve_config  # noqa: E402
+from grassmann_flows.models.attention import SelfAttention  # noqa: E402
+from grassmann_flows.models.mixer import GrassmannMixer  # noqa: E402
+
+IMPLS = ("naive", "fast", "fused")
+LAYERS = ("attention",) + tuple(f"grassmann-{impl}" for impl in IMPLS)
+MODELS = ("transformer",) + tuple(f"grassmann-{impl}" for impl in IMPLS)
+
+# (a): sequence lengths at a fixed token count, so every point does the same token work.
+MIXER_LENGTHS = (256, 1024, 4096, 16384, 32768)
+MIXER_TOKENS = 32768
+MIXER_DIMS = {"d_model": 256, "n_heads": 4, "reduced_dim": 32}
+# (b): (L, N, B). The paper trains L=128 with N=6, B=32 and L=256 with N=12, B=16.
+PAPER_SETTINGS = ((128, 6, 32), (256, 12, 16))
+GRID_SETTINGS = PAPER_SETTINGS + ((128, 12, 32), (256, 6, 16))
+# The WikiText-2 grid the projection prices: both models at every (L, N), 30 epochs.
+GRID_RUNS = tuple((L, N, B) for L, B in ((128, 32), (256, 16)) for N in (6, 12))
+EPOCHS = 30
+TRAIN_TOKENS_PER_EPOCH = 2.1e6  # WikiText-2 train split, bert-base-uncased tokens
+
+# --quick: sizes that run in seconds on a CPU; the numbers only show the script works.
+QUICK_LENGTHS = (16, 64)
+QUICK_TOKENS = 128
+QUICK_MIXER_DIMS = {"d_model": 64, "n_heads": 4, "reduced_dim": 8}
+QUICK_SETTINGS = ((32, 2, 2),)
+QUICK_MODEL_OPTIONS = {"d_model": 64, "n_heads": 4, "d_ff": 128, "reduced_dim": 8, "vocab_size": 1000}
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.processor() or platform.machine()}".strip()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What produced the numbers: device, library versions, commit (dirty = tracked edits)."""
+    triton_version = None
+    if triton_available():
+        import triton
+
+        triton_version = triton.__version__
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    now = dt.datetime.now().astimezone()
+    return {
+        "device": device_name(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "date": now.date().isoformat(),
+        "timestamp": now.isoformat(timespec="seconds"),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "argv": sys.argv[1:],
+    }
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_step_s: float
+) -> dict[str, Any]:
+    """Median ms of `step` over `steps` calls after `warmup` calls, and peak memory.
+
+    The first call (compilation, autotuning, CUDA-graph capture happen there) is timed
+    on its own; the second decides whether the configuration is too slow to measure.
+    """
+    out: dict[str, Any] = {}
+    for name in ("first_step_s", "second_step_s"):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        out[name] = time.perf_counter() - t0
+    if out["second_step_s"] > max_step_s:
+        out["skipped"] = f"a step took {out['second_step_s']:.1f} s > --max-step-s {max_step_s:g}"
+        return out
+    for _ in range(max(0, warmup - 2)):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)
+        ]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        _sync(device)
+        times = [start.elapsed_time(end) for start, end in events]
+        out["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out["peak_mb"] = None  # no allocator statistics on CPU
+    out["ms"] = statistics.median(times)
+    out["ms_min"] = min(times)
+    out["ms_max"] = max(times)
+    out["steps"] = steps
+    return out
+
+
+def guarded(fn: Callable[[], dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """Run one configuration; out-of-memory and errors become a recorded reason."""
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError:
+        return {"skipped": "out of memory"}
+    except Exception as exc:  # recorded and printed; one broken configuration must not end the run
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def fused_skip_reason(device: torch.device) -> str | None:
+    """Why the fused kernel cannot run here, or None."""
+    if not triton_available():
+        return "Triton is not installed"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+        return "Triton kernels need a GPU; on CPU set TRITON_INTERPRET=1 to run them in the interpreter"
+    return None
+
+
+# --------------------------------------------------------------------------- (a) mixer layer
+
+
+def bench_mixer(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    dims = QUICK_MIXER_DIMS if args.quick else MIXER_DIMS
+    lengths = QUICK_LENGTHS if args.quick else MIXER_LENGTHS
+    tokens = QUICK_TOKENS if args.quick else MIXER_TOKENS
+    rows = []
+    for L in lengths:
+        B = max(1, tokens // L)
+        for layer_name in LAYERS:
+            row: dict[str, Any] = {"L": L, "B": B, "tokens": B * L, "layer": layer_name, **dims}
+            impl = layer_name.removeprefix("grassmann-") if layer_name != "attention" else None
+            reason = fused_skip_reason(device) if impl == "fused" else None
+            if reason:
+                row["skipped"] = reason
+            else:
+                row.update(guarded(lambda: _mixer_point(args, device, impl, B, L, dims), device))
+            rows.append(row)
+            _progress("mixer", row)
+    return rows
+
+
+def _mixer_point(
+    args: argparse.Namespace, device: torch.device, impl: str | None, B: int, L: int, dims: dict[str, int]
+) -> dict[str, Any]:
+    d = dims["d_model"]
+    if impl is None:
+        layer: torch.nn.Module = SelfAttention(d, dims["n_heads"], dropout=0.0, causal=True)
+    else:
+        cfg = resolve_config(
+            "grassmann", "paper", n_layers=6, d_model=d, reduced_dim=dims["reduced_dim"], mixer_impl=impl
+        )
+        layer = GrassmannMixer(d, cfg.mixer, cfg.layer_offsets(0))
+        if layer.impl != impl:
+            return {"skipped": f"mixer_impl={impl!r} resolved to {layer.impl!r}"}
+    layer = layer.to(device)
+    params = list(layer.parameters())
+    h = torch.randn(B, L, d, device=device, requires_grad=True)
+    dy = torch.randn(B, L, d, device=device)
+
+    def step() -> None:
+        h.grad = None
+        for p in params:
+            p.grad = None
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = layer(h)
+        out.backward(dy.to(out.dtype))
+
+    return measure(step, device, args.warmup, args.steps, args.max_step_s)
+
+
+# --------------------------------------------------------------------------- (b) training steps
+
+
+def bench_models(args: argparse.Namespace, device: torch.device, modes: list[str]) -> list[dict[str, Any]]:
+    settings = QUICK_SETTINGS if args.quick else (GRID_SETTINGS if args.settings == "grid" else PAPER_SETTINGS)
+    extra = QUICK_MODEL_OPTIONS if args.quick else {}
+    rows = []
+    for L, N, B in settings:
+        for model_name in MODELS:
+            for mode in ["eager", *modes]:
+                row: dict[str, Any] = {"L": L, "N": N, "B": B, "tokens": B * L, "model": model_name, "mode": mode}
+                impl = model_name.removeprefix("grassmann-") if model_name != "transformer" else None
+                reason = fused_skip_reason(device) if impl == "fused" else None
+                if mode == "reduce-overhead" and device.type != "cuda":
+                    reason = "reduce-overhead captures CUDA graphs: CUDA only"
+                if reason:
+                    row["skipped"] = reason
+                else:
+                    row.update(guarded(lambda: _model_point(args, device, impl, mode, L, N, B, extra), device))
+                    if mode != "eager":
+                        torch._dynamo.reset()  # drop compiled code so configurations stay independent
+                if "ms" in row:
+                    row["tokens_per_s"] = B * L / (row["ms"] / 1e3)
+                rows.append(row)
+                _progress("model", row)
+    return rows
+
+
+def _model_point(
+    args: argparse.Namespace, device: torch.device, impl: str | None, mode: str,
+    L: int, N: int, B: int, extra: dict[str, Any],
+) -> dict[str, Any]:
+    kind = "transformer" if impl is None else "grassmann"
+    options = dict(extra, n_layers=N, n_positions=L)
+    if impl is not None:
+        options["mixer_impl"] = impl
+    model = build_model(kind, preset="paper", **options).to(device).train()
+    if impl is not None and any(block.mixer.impl != impl for block in model.backbone.blocks):
+        return {"skipped": f"mixer_impl={impl!r} resolved to another implementation"}
+    # Fused AdamW: one multi-tensor kernel per step on CUDA (CPU has a fused kernel too).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, fused=True)
+    forward = model if mode == "eager" else torch.compile(model, mode=mode)
+    V = model.cfg.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, V, (B, L), generator=gen).to(device)
+    targets = torch.randint(0, V, (B, L), generator=gen).to(device)
+
+    def step() -> None:
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits = forward(ids)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    result = measure(step, device, args.warmup, args.steps, args.max_step_s)
+    result["params"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return result
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def project_grid(model_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hours to train the WikiText-2 grid, per model variant at its fastest measured mode.
+
+    Each grid run (L, N) uses the measured setting with the same (L, N); otherwise the one
+    with the same L, scaled by N / N_measured (basis "depth-scaled"); otherwise the nearest
+    measured setting, scaled the same way (basis "proxy", e.g. under --quick). Evaluation
+    and data loading are not included.
+    """
+    measured = [r for r in model_rows if "ms" in r]
+    runs: list[dict[str, Any]] = []
+    totals: dict[str, float] = {}
+    for model_name in MODELS:
+        rows = [r for r in measured if r["model"] == model_name]
+        if not rows:
+            continue
+        total = 0.0
+        for L, N, B in GRID_RUNS:
+            same = [r for r in rows if (r["L"], r["N"]) == (L, N)]
+            same_l = [r for r in rows if r["L"] == L]
+            pool = same or same_l or rows
+            basis = "measured" if same else ("depth-scaled" if same_l else "proxy")
+            best_ms = {}
+            for r in pool:  # fastest mode per measured setting, then the closest setting
+                key = (r["L"], r["N"], r["B"])
+                if key not in best_ms or r["ms"] < best_ms[key]["ms"]:
+                    best_ms[key] = r
+            ref = min(best_ms.values(), key=lambda r: (abs(math.log(r["L"] / L)), abs(r["N"] - N), r["ms"]))
+            s_per_token = ref["ms"] / 1e3 / ref["tokens"] * N / ref["N"]
+            hours = EPOCHS * TRAIN_TOKENS_PER_EPOCH * s_per_token / 3600
+            total += hours
+            runs.append({
+                "model": model_name, "L": L, "N": N, "B": B, "basis": basis,
+                "from": {"L": ref["L"], "N": ref["N"], "B": ref["B"], "mode": ref["mode"]},
+                "tokens_per_s": 1 / s_per_token, "hours": hours,
+            })
+        totals[model_name] = total
+    grassmann = {k: v for k, v in totals.items() if k != "transformer"}
+    best = min(grassmann, key=grassmann.get) if grassmann else None
+    grid_hours = totals["transformer"] + grassmann[best] if best and "transformer" in totals else None
+    return {
+        "epochs": EPOCHS, "train_tokens_per_epoch": TRAIN_TOKENS_PER_EPOCH,
+        "runs": runs, "total_hours": totals, "grassmann_variant": best, "grid_hours": grid_hours,
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _progress(part: str, row: dict[str, Any]) -> None:
+    name = row.get("layer") or f"{row['model']} {row['mode']}"
+    shape = f"L={row['L']} B={row['B']}" + (f" N={row['N']}" if "N" in row else "")
+    if "ms" in row:
+        mem = f", peak {row['peak_mb']:.0f} MB" if row.get("peak_mb") is not None else ""
+        status = f"{row['ms']:.2f} ms{mem}"
+    else:
+        status = row.get("skipped") or row.get("error")
+    print(f"[{part}] {shape} {name}: {status}", file=sys.stderr, flush=True)
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _cell(row: dict[str, Any] | None, key: str, spec: str) -> str:
+    if row is None:
+        return "—"
+    if key in row and row[key] is not None:
+        return format(row[key], spec)
+    return "skipped" if "skipped" in row else ("error" if "error" in row else "—")
+
+
+def _ratio(row: dict[str, Any] | None, ref: dict[str, Any] | None, key: str) -> str:
+    if not row or not ref or row.get(key) is None or ref.get(key) is None:
+        return "—"
+    return f"{row[key] / ref[key]:.2f}×"
+
+
+def mixer_tables(rows: list[dict[str, Any]]) -> str:
+    by = {(r["L"], r["layer"]): r for r in rows}
+    lengths = sorted({r["L"] for r in rows})
+    g_layers = LAYERS[1:]
+    lines = []
+    for key, unit, spec in (("ms", "ms (fwd+bwd)", ".2f"), ("peak_mb", "peak MB", ".0f")):
+        head = ["L", "B", f"attention {unit}"] + [f"{n} {unit}" for n in g_layers]
+        head += [f"{n} / attn" for n in g_layers]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for L in lengths:
+            attn = by.get((L, "attention"))
+            cells = [str(L), str(attn["B"] if attn else "")] + [_cell(attn, key, spec)]
+            cells += [_cell(by.get((L, n)), key, spec) for n in g_layers]
+            cells += [_ratio(by.get((L, n)), attn, key) for n in g_layers]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    reasons = {
+        f"{r['layer']} at L={r['L']}: {r.get('skipped') or r['error']}": None for r in rows if "ms" not in r
+    }
+    return "\n".join(lines + [f"- {reason}" for reason in reasons]) + "\n"
+
+
+def model_table(rows: list[dict[str, Any]]) -> str:
+    ref = {(r["L"], r["N"], r["mode"]): r for r in rows if r["model"] == "transformer"}
+    head = ["L", "N", "B", "model", "mode", "ms/step", "tokens/s", "peak MB", "first step s", "× transformer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    reasons: dict[str, None] = {}
+    for r in rows:
+        cells = [str(r["L"]), str(r["N"]), str(r["B"]), r["model"], r["mode"]]
+        if "ms" in r:
+            same_mode = ref.get((r["L"], r["N"], r["mode"]))
+            cells += [
+                _fmt(r["ms"]), _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["peak_mb"], ".0f"),
+                _fmt(r["first_step_s"], ".1f"), "" if r["model"] == "transformer" else _ratio(r, same_mode, "ms"),
+            ]
+        else:
+            status = "skipped" if "skipped" in r else "error"
+            reasons[f"{status}: {r.get('skipped') or r.get('error')}"] = None
+            cells += [status, "", "", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"- {reason}" for reason in reasons]) + "\n"
+
+
+def projection_table(proj: dict[str, Any]) -> str:
+    head = ["model", "L", "N", "B", "basis", "from (L, N, mode)", "tokens/s", "hours"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in proj["runs"]:
+        src = r["from"]
+        lines.append("| " + " | ".join([
+            r["model"], str(r["L"]), str(r["N"]), str(r["B"]), r["basis"],
+            f"{src['L']}, {src['N']}, {src['mode']}", f"{r['tokens_per_s']:,.0f}", f"{r['hours']:.2f}",
+        ]) + " |")
+    lines.append("")
+    for model_name, hours in proj["total_hours"].items():
+        lines.append(f"- {model_name}: {hours:.2f} h for its four runs")
+    if proj["grid_hours"] is not None:
+        lines.append(
+            f"- grid (transformer + {proj['grassmann_variant']}): {proj['grid_hours']:.2f} h, "
+            f"one seed, {proj['epochs']} epochs of {proj['train_tokens_per_epoch'] / 1e6:.1f}M tokens, "
+            "training steps only"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]:
+    """Log-log ms and peak MB against L for every layer; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "ms", "forward + backward (ms)"), (axes[1], "peak_mb", "peak memory (MB)")):
+        for layer in LAYERS:
+            pts = sorted((r["L"], r[key]) for r in rows if r["layer"] == layer and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=layer)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured on this device", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            lengths = sorted({r["L"] for r in rows})
+            ax.set_xticks(lengths, [str(L) for L in lengths])
+            ax.legend()
+        ax.set_xlabel("sequence length L (B·L fixed)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    files = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=150)
+        files.append(str(path))
+    plt.close(fig)
+    return files
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (smoke test)")
+    p.add_argument("--only", choices=("mixer", "model"), help="run one part only")
+    p.add_argument(
+        "--compile-mode", nargs="+", dest="compile_modes",
+        choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile modes for (b), besides eager (default: default reduce-overhead on CUDA, "
+             "none with --quick or on CPU)",
+    )
+    p.add_argument("--settings", choices=("paper", "grid"), default="paper",
+                   help="(b) at the paper's two (L, N, B) or at all four of the grid")
+    p.add_argument("--warmup", type=int, help="untimed steps, the first two included (default 10, --quick 2)")
+    p.add_argument("--steps", type=int, help="timed steps (default 50, --quick 2)")
+    p.add_argument("--max-step-s", type=float, default=10.0, help="skip a configuration whose step takes longer")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench", help="output directory")
+    args = p.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
+    args.steps = args.steps if args.steps is not None else (2 if args.quick else 50)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device; use --device cpu (with --quick for a smoke test)", file=sys.stderr)
+        return 2
+    if args.compile_modes is None:
+        modes = ["default", "reduce-overhead"] if device.type == "cuda" and not args.quick else []
+    else:
+        modes = [m for m in args.compile_modes if m != "none"]
+    torch.manual_seed(0)
+    env = environment(device)
+    notes = [
+        "bf16 autocast; median of timed steps after warm-up; CUDA events on GPU, wall clock on CPU",
+        "peak_mb = torch.cuda.max_memory_allocated over the timed steps (None on CPU)",
+        f"(a) B*L = {QUICK_TOKENS if args.quick else MIXER_TOKENS} tokens at every L",
+    ]
+    if args.quick:
+        notes.append("--quick: tiny sizes; the numbers only show that the script runs")
+    reason = fused_skip_reason(device)
+    if reason:
+        notes.append(f"fused skipped: {reason}")
+    result: dict[str, Any] = {
+        "env": env,
+        "config": {
+            "quick": args.quick, "device": str(device), "warmup": args.warmup, "steps": args.steps,
+            "compile_modes": modes, "settings": "quick" if args.quick else args.settings,
+            "max_step_s": args.max_step_s, "notes": notes,
+        },
+        "mixer": [], "model": [], "projection": None,
+    }
+    if args.only in (None, "mixer"):
+        result["mixer"] = bench_mixer(args, device)
+    if args.only in (None, "model"):
+        result["model"] = bench_models(args, device, modes)
+        result["projection"] = project_grid(result["model"])
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{slug(env['device'])}-{env['date']}"
+    if result["mixer"]:
+        title = f"{env['device']}, {env['date']}: mixer layer vs SDPA attention"
+        result["plots"] = plot(result["mixer"], title, stem)
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"# Benchmark on {env['device']} ({env['date']}, torch {env['torch']}, triton {env['triton']}, "
+          f"CUDA {env['cuda']}, git {(env['git_sha'] or '?')[:10]}{' dirty' if env['git_dirty'] else ''})\n")
+    for note in notes:
+        print(f"- {note}")
+    if result["mixer"]:
+        print("\n## (a) One mixing layer, forward + backward\n")
+        print(mixer_tables(result["mixer"]))
+    if result["model"]:
+        print("## (b) Training step (forward + backward + fused AdamW)\n")
+        print(model_table(result["model"]))
+        print("## Projected WikiText-2 grid wall-clock\n")
+        print(projection_table(result["projection"]))
+    print(f"wrote {json_path}" + "".join(f", {f}" for f in result.get("plots", [])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
