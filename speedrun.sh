@@ -17,6 +17,7 @@
 #   QUICK=1               a few steps on tiny settings: the CPU smoke run
 #   RESUME=1              continue each run from its newest last.pt
 #   NPROC                 [1] >1: one torchrun --standalone DDP job per run on NPROC GPUs
+#   PARALLEL_RUNS         [1] >1: that many training runs at once, one GPU each (the evals follow)
 #   TAG                   suffix of the run names (ablations), e.g. TAG=nonorm
 #   EXTRA_ARGS            passed to every train command, e.g. "--opt normalize=false"
 set -euo pipefail
@@ -61,6 +62,10 @@ LAUNCH=("$PYTHON" -m)
 if [ "${NPROC:-1}" -gt 1 ]; then
   LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m)
 fi
+PARALLEL_RUNS="${PARALLEL_RUNS:-1}"
+if [ "$PARALLEL_RUNS" -gt 1 ] && [ "${NPROC:-1}" -gt 1 ]; then
+  echo "error: set NPROC (GPUs per run) or PARALLEL_RUNS (runs at once, one GPU each), not both" >&2; exit 2
+fi
 
 FAILED=()
 run() {  # run <label> <command...>: keep going on failure, report at the end
@@ -69,8 +74,46 @@ run() {  # run <label> <command...>: keep going on failure, report at the end
   if ! "$@"; then FAILED+=("$label"); echo "!!! $label failed" >&2; fi
 }
 
+# PARALLEL_RUNS > 1: the training runs go to the background, at most one per GPU; the
+# evals wait for the end, as they need their run's best.pt.
+declare -A BG_LABEL=()  # pid -> label of each background run not yet reaped
+SLOT_PIDS=()            # GPU index -> pid of the run last started on it
+DEFERRED_EVALS=()       # eval_cmd arguments, shell-quoted
+reap() {  # reap: wait for one background run to end; record it if it failed (bash >= 5.1)
+  local pid status=0
+  wait -n -p pid || status=$?
+  [ -n "${pid:-}" ] || return 0
+  if [ "$status" -ne 0 ]; then FAILED+=("${BG_LABEL[$pid]}"); echo "!!! ${BG_LABEL[$pid]} failed (exit $status)" >&2; fi
+  unset "BG_LABEL[$pid]"
+}
+run_bg() {  # run_bg <label> <log file> <command...>: on the first free GPU, output to the log
+  local label="$1" log="$2" gpu; shift 2
+  while :; do  # a GPU is free once the run on it has been reaped
+    for ((gpu = 0; gpu < PARALLEL_RUNS; gpu++)); do
+      if [ -z "${BG_LABEL[${SLOT_PIDS[$gpu]:-none}]:-}" ]; then break 2; fi
+    done
+    reap
+  done
+  mkdir -p "$(dirname "$log")"
+  echo "=== $label (GPU $gpu, log $log): $*"
+  CUDA_VISIBLE_DEVICES="$gpu" "$@" >> "$log" 2>&1 &
+  SLOT_PIDS[$gpu]=$!
+  BG_LABEL[$!]="$label"
+}
+stop_bg() {  # stop_bg <exit code>: pass a stop on to the runs (each saves its last.pt), wait, exit
+  kill -TERM "${!BG_LABEL[@]}" 2>/dev/null || true
+  wait
+  exit "$1"
+}
+if [ "$PARALLEL_RUNS" -gt 1 ]; then
+  # Background jobs of a script ignore SIGINT until training installs its handler, and a
+  # TERM to this script would not reach them: forward both as TERM.
+  trap 'stop_bg 130' INT
+  trap 'stop_bg 143' TERM
+fi
+
 newest() {  # newest <run name> <file>: newest outputs/*/<run name>/<file>, or nothing
-  ls -1d "$OUT_ROOT"/*/"$1"/"$2" 2>/dev/null | sort | tail -n 1
+  { ls -1d "$OUT_ROOT"/*/"$1"/"$2" 2>/dev/null || true; } | sort | tail -n 1
 }
 
 train_cmd() {  # train_cmd <run name> <module> <args...>
@@ -80,10 +123,18 @@ train_cmd() {  # train_cmd <run name> <module> <args...>
     local last; last="$(newest "$name" last.pt)"
     if [ -n "$last" ]; then out="$(dirname "$last")"; resume=(--resume); echo "resuming $name from $last"; fi
   fi
-  run "train $name" "${LAUNCH[@]}" "$module" "$@" "${COMMON[@]}" "${EXTRA[@]}" --out-dir "$out" "${resume[@]}"
+  local cmd=("${LAUNCH[@]}" "$module" "$@" "${COMMON[@]}" "${EXTRA[@]}" --out-dir "$out" "${resume[@]}")
+  if [ "$PARALLEL_RUNS" -gt 1 ]; then
+    run_bg "train $name" "$out/train.log" "${cmd[@]}"
+  else
+    run "train $name" "${cmd[@]}"
+  fi
 }
 
 eval_cmd() {  # eval_cmd <run name> <module> <expect args...>
+  if [ "$PARALLEL_RUNS" -gt 1 ] && [ -z "${EVAL_NOW:-}" ]; then
+    DEFERRED_EVALS+=("$(printf '%q ' "$@")"); return
+  fi
   local name="$1" module="$2"; shift 2
   local ckpt; ckpt="$(newest "$name" best.pt)"
   if [ -z "$ckpt" ]; then
@@ -126,6 +177,12 @@ for seed in "${SEED_LIST[@]}"; do
     done
   done
 done
+
+if [ "$PARALLEL_RUNS" -gt 1 ]; then
+  while [ ${#BG_LABEL[@]} -gt 0 ]; do reap; done
+  EVAL_NOW=1
+  for call in "${DEFERRED_EVALS[@]}"; do eval "eval_cmd $call"; done
+fi
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "speedrun: ${#FAILED[@]} step(s) failed: ${FAILED[*]}" >&2
