@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         model_info = {"model": model.cfg.to_dict(), "classifier": {"pooling": args.pooling}}
         summary["seq_len"] = data_cfg.max_len
     else:
+        if args.opt or args.mixer_impl:
+            raise ValueError("--opt and --mixer-impl configure the from-scratch encoders (--mode scratch); "
+                             "the DistilBERT heads are set up in models/snli_heads.py")
         name = f"{args.model}_snli_distilbert_s{train_cfg.seed}" + (f"_{args.tag}" if args.tag else "")
         head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
                 "encoding": args.encoding}
