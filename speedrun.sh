@@ -17,7 +17,8 @@
 #   QUICK=1               a few steps on tiny settings: the CPU smoke run
 #   RESUME=1              continue each run from its newest last.pt
 #   NPROC                 [1] >1: one torchrun --standalone DDP job per run on NPROC GPUs
-#   PARALLEL_RUNS         [1] >1: that many training runs at once, one GPU each (the evals follow)
+#   PARALLEL_RUNS         [1] >1: that many training runs at once, one GPU each, logs in <run>/train.log
+#                         (the evals follow); see docs/reliability.md
 #   TAG                   suffix of the run names (ablations), e.g. TAG=nonorm
 #   EXTRA_ARGS            passed to every train command, e.g. "--opt normalize=false"
 set -euo pipefail

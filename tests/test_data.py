@@ -274,3 +274,16 @@ def test_snli_separate_and_splits(tmp_path):
 def test_snli_needs_sep_and_pad(tmp_path):
     with pytest.raises(ValueError, match="gpt2"):
         tokenize_snli(SNLI_TRAIN, SNLIDataConfig(tokenizer="gpt2"), tmp_path)
+
+
+def test_wikitext_tokenization_ignores_truncation_left_by_snli(tmp_path):
+    """The cached tokenizer is shared: SNLI's truncating, padding call must not leak into
+    the LM stream tokenized afterwards in the same process."""
+    from grassmann_flows.data.snli import SNLIDataConfig, tokenize_snli
+    from grassmann_flows.data.wikitext import LMDataConfig, tokenize_split
+
+    wiki = FIXTURES / "wikitext-2-raw-v1" / "train.txt"
+    before = np.array(tokenize_split(wiki, LMDataConfig(), tmp_path / "a"))
+    tokenize_snli(FIXTURES / "snli_1.0" / "train.jsonl.gz", SNLIDataConfig(max_len=16), tmp_path / "b")
+    after = np.array(tokenize_split(wiki, LMDataConfig(), tmp_path / "c"))
+    assert np.array_equal(before, after)

@@ -2,7 +2,10 @@
 
 A `Task` knows how to turn a batch into a loss and how to evaluate a split; `fit`
 owns everything else: optimizer and schedule, precision, compilation, progress,
-metrics, checkpoints, resuming, interruption and divergence.
+metrics, checkpoints, resuming, interruption, divergence and multi-GPU data parallelism.
+
+Under torchrun (WORLD_SIZE > 1) every rank trains a DistributedDataParallel copy on its
+equal slice of each global batch; rank 0 alone evaluates and writes the run directory.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from typing import Any, Iterator, Protocol
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .utils.checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint, set_rng_state
+from .data.sources import atomic_write
+from .utils import distributed
+from .utils.checkpoint import (CheckpointError, config_mismatch, load_checkpoint, rng_state, save_checkpoint,
+                               set_rng_state)
 from .utils.env import environment
 
 
@@ -29,7 +36,7 @@ class TrainConfig:
     """Optimisation and run settings (the paper specifies only epochs and batch sizes)."""
 
     epochs: int = 30
-    batch_size: int = 32
+    batch_size: int = 32  # global: split evenly across the ranks of a torchrun job
     lr: float = 6e-4
     min_lr_ratio: float = 0.1  # cosine floor = lr * min_lr_ratio
     warmup_steps: int = 100
@@ -66,11 +73,9 @@ class Task(Protocol):
 
     def evaluate(
         self, model: nn.Module, split: str, device: torch.device, batch_size: int, max_batches: int
-    ) -> dict[str, Any]: ...
-
-
-class DivergedError(RuntimeError):
-    """The loss became non-finite."""
+    ) -> dict[str, Any]:
+        """Metrics of a split: at least "loss" and the task's `metric`."""
+        ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,23 +140,29 @@ class StopRequest:
 
 
 class Log:
-    """metrics.jsonl writer plus human progress: tqdm on a terminal, plain lines otherwise."""
+    """metrics.jsonl writer plus human progress: tqdm on a terminal, plain lines otherwise.
 
-    def __init__(self, run_dir: Path) -> None:
+    Silent when not `enabled` (ranks other than 0), so one run logs once.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
         self.tty = sys.stdout.isatty()
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def bar(self, total: int, initial: int, desc: str) -> tqdm:
         # Off a terminal tqdm is disabled and `fit` prints plain lines every log_every steps.
-        return tqdm(total=total, initial=initial, desc=desc, disable=not self.tty, dynamic_ncols=True, leave=False)
+        return tqdm(total=total, initial=initial, desc=desc, disable=not (self.tty and self.enabled),
+                    dynamic_ncols=True, leave=False)
 
-    @staticmethod
-    def line(text: str) -> None:
-        print(text, flush=True)
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
 
 
 def gather_batch(ds: Any, idx: list[int], device: torch.device) -> Any:
@@ -204,8 +215,14 @@ def fit(
     Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    device = distributed.init(resolve_device(cfg.device))
+    world, rank = distributed.world_size(), distributed.rank()
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
+                         f"{world} processes, which each take an equal slice of it")
+    # The model was built from cfg.seed on every rank (and DDP broadcasts rank 0's weights);
+    # this seed drives dropout, whose masks should differ between the ranks' slices.
+    torch.manual_seed(cfg.seed + rank)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     steps_per_epoch = task.n_train() // cfg.batch_size
@@ -215,7 +232,7 @@ def fit(
         raise ValueError(f"the {task.name} training split has fewer than batch_size={cfg.batch_size} items")
     total_steps = cfg.epochs * steps_per_epoch
     identity = {**run_info, "train": asdict(cfg)}
-    log = Log(run_dir)
+    log = Log(run_dir, enabled=distributed.is_rank0())
 
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
                              "best": None, "best_epoch": None, "train_time_s": 0.0, "train_tokens": 0,
@@ -223,18 +240,29 @@ def fit(
     if resume:
         state = _resume(run_dir / "last.pt", model, optimizer, identity, device)
         log.line(f"resumed from {run_dir / 'last.pt'} at epoch {state['epoch'] + 1}, step {state['global_step']}")
-    else:
+    elif log.enabled:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    if log.enabled:
+        (run_dir / "config.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
+    # DDP averages the gradients across ranks during backward. `model` itself is what is
+    # evaluated and checkpointed, so state_dict keys never get DDP's "module." prefix.
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    train_model = torch.compile(model, mode=cfg.compile_mode) if use_compile else model
+    if use_compile:
+        train_model = torch.compile(train_model, mode=cfg.compile_mode)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def checkpoint(name: str) -> None:
-        save_checkpoint(run_dir / name, model, {**identity, "state": state}, optimizer)
+        # Called by every rank at the same point: each rank's RNG state goes into the file,
+        # so a resumed run continues every rank's dropout stream exactly.
+        rngs = distributed.gather_objects(rng_state())
+        if distributed.is_rank0():
+            save_checkpoint(run_dir / name, model, {**identity, "state": state}, optimizer, rngs)
 
     status, stop_reason = "completed", None
     with StopRequest() as stop:
@@ -250,7 +278,12 @@ def fit(
                 lr = lr_at(step, total_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = task.train_batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], device)
+                # This rank's equal slice of the global batch; together the slices are the
+                # single-process batch. DDP's gradient average is then the gradient of the
+                # global mean loss, as every slice holds as many loss terms (one per SNLI
+                # pair; seq_len, or seq_len - 1 with l_shift, targets per LM block).
+                rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].view(world, -1)[rank]
+                batch = task.train_batch(rows, device)
                 with autocast(device, cfg.precision):
                     loss, n_items = task.loss(train_model, batch)
                 loss.backward()
@@ -260,14 +293,18 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 state["global_step"] += 1
                 state["step_in_epoch"] = b + 1
-                state["train_tokens"] += n_items
+                state["train_tokens"] += n_items * world  # for tokens/s: the slices are alike in size
                 pending.append((step, loss.detach()))
                 bar.update(1)
-                stopping = stop.signal or (cfg.stop_after_steps and state["global_step"] >= cfg.stop_after_steps)
+                # Agreed by all ranks, which may see a signal a step apart, so that they stop
+                # (and checkpoint) at the same step.
+                signalled = distributed.any_rank(stop.signal is not None)
+                stopping = signalled or (cfg.stop_after_steps and state["global_step"] >= cfg.stop_after_steps)
                 if len(pending) >= cfg.log_every or b + 1 == steps_per_epoch or stopping:
                     # Checking losses on the host only every log_every steps keeps the
                     # GPU queue full; the first non-finite step is still named exactly.
-                    values = torch.stack([l for _, l in pending]).float().cpu()
+                    # Averaged over ranks: the global batch's loss, and the same verdict everywhere.
+                    values = distributed.mean_over_ranks(torch.stack([l for _, l in pending]).float()).cpu()
                     bad = (~torch.isfinite(values)).nonzero()
                     if len(bad):
                         bad_step = pending[int(bad[0])][0]
@@ -283,7 +320,8 @@ def fit(
                         log.line(f"step {state['global_step']}/{total_steps} epoch {epoch + 1} loss {mean:.4f} lr {lr:.2e}")
                     pending.clear()
                 if stopping:
-                    stop_reason = f"received {stop.signal}" if stop.signal else f"stop_after_steps={cfg.stop_after_steps}"
+                    stop_reason = (f"received {stop.signal or 'a signal on another rank'}" if signalled
+                                   else f"stop_after_steps={cfg.stop_after_steps}")
                     status = "interrupted"
                     break
             if device.type == "cuda":
@@ -292,7 +330,17 @@ def fit(
             bar.close()
             if status != "completed":
                 break
-            metrics = task.evaluate(model, "validation", device, eval_bs, cfg.eval_max_batches)
+            # Rank 0 evaluates while the others wait; all record its metrics and so keep
+            # the same state (best epoch, history) and reach the same checkpoint calls.
+            metrics = (task.evaluate(model, "validation", device, eval_bs, cfg.eval_max_batches)
+                       if distributed.is_rank0() else None)
+            metrics = distributed.broadcast_object(metrics)
+            if not math.isfinite(metrics["loss"]):
+                # Finite training losses can still end in non-finite weights (an inf gradient
+                # through clipping): they must not overwrite the last good last.pt.
+                status = "diverged"
+                stop_reason = f"non-finite validation loss ({metrics['loss']}) after step {state['global_step']}"
+                break
             train_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
             _record_epoch(state, epoch, train_loss, metrics, task, log)
             if state["best_epoch"] == epoch + 1:
@@ -306,13 +354,18 @@ def fit(
             log.line(f"DIVERGED: {stop_reason}; the last good checkpoints are kept, results.json records the failure")
 
     test = None
-    if status == "completed" and (run_dir / "best.pt").is_file():
+    if status == "completed" and distributed.is_rank0() and (run_dir / "best.pt").is_file():
         model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
         test = task.evaluate(model, "test", device, eval_bs, cfg.eval_max_batches)
         log.write({"kind": "eval", "epoch": state["best_epoch"], "split": "test", **_scalars(test)})
         log.line(f"EVAL split=test best_epoch={state['best_epoch']} " + _fmt(test))
     results = _results(state, run_info, task, test, status, stop_reason, device, model)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if distributed.is_rank0():
+        atomic_write(run_dir / "results.json", lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
+    # The others wait for rank 0's writes: torchrun stops the whole job as soon as one
+    # worker exits with a non-zero code (130 when interrupted, 3 when diverged).
+    distributed.barrier()
+    distributed.cleanup()
     return results
 
 
@@ -329,7 +382,10 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     model.load_state_dict(ckpt["model"])
     if ckpt["optimizer"] is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
+    # Resumed on as many processes, every rank continues its own RNG streams exactly; on
+    # more, the extra ranks keep the fresh seed `fit` gave them.
+    if distributed.rank() < len(ckpt["rng"]):
+        set_rng_state(ckpt["rng"][distributed.rank()])
     return ckpt["meta"]["state"]
 
 
@@ -374,5 +430,6 @@ def _results(state: dict[str, Any], run_info: dict[str, Any], task: Task, test: 
         "tokens_per_s": state["train_tokens"] / state["train_time_s"] if state["train_time_s"] else None,
         "peak_mem_mb": peak_memory_mb(device),
         "device": str(device),
+        "world_size": distributed.world_size(),
         "env": environment(),
     }

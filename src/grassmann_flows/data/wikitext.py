@@ -77,6 +77,10 @@ def split_text(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
 def encode_text(text: str, tokenizer: str, add_special_tokens: bool) -> np.ndarray:
     """Token ids of ``text`` tokenized as one string. Returns (n_tokens,) int64."""
     backend = load_tokenizer(tokenizer).backend_tokenizer
+    # The tokenizer object is shared (cached): an SNLI encoding in the same process leaves
+    # truncation and padding switched on in its backend, which would silently cut pieces.
+    backend.no_truncation()
+    backend.no_padding()
     encs = backend.encode_batch(split_text(text), add_special_tokens=False)
     ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
     if add_special_tokens:

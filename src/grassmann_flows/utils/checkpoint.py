@@ -1,8 +1,9 @@
 """Checkpoints: a state_dict plus JSON metadata, written atomically, read safely.
 
 Format (a dict saved with torch.save): {"model": state_dict, "optimizer": state_dict
-or None, "rng": RNG states (tensors), "meta": a JSON string}. Loading uses
-`weights_only=True`, so a pickle that would run code is refused, never executed.
+or None, "rng": [RNG states (tensors) of each training process, index = rank], "meta":
+a JSON string}. Loading uses `weights_only=True`, so a pickle that would run code is
+refused, never executed.
 """
 
 from __future__ import annotations
@@ -57,13 +58,17 @@ def save_checkpoint(
     model: torch.nn.Module,
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    rng: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Save model (and optimizer, RNG) state with JSON-serialisable `meta`."""
+    """Save model (and optimizer, RNG) state with JSON-serialisable `meta`.
+
+    rng: the RNG states of every rank of a distributed run (default: this process's).
+    """
     atomic_torch_save(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "rng": rng_state(),
+            "rng": rng if rng is not None else [rng_state()],
             "meta": json.dumps(meta, sort_keys=True),
         },
         path,
@@ -92,6 +97,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path} is not a grassmann-flows checkpoint (no model/meta entries)")
     ckpt["meta"] = json.loads(ckpt["meta"])
+    if isinstance(ckpt.get("rng"), dict):  # written before per-rank states: one process's
+        ckpt["rng"] = [ckpt["rng"]]
     return ckpt
 
 
