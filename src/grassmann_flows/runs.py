@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from .data.sources import REPO_ROOT, DataUnavailableError, dataset_files
 from .models.snli_heads import BackboneUnavailableError
+from .utils import distributed
 from .utils.checkpoint import CheckpointError
 
 # sha256 of the train split of the stand-in corpus (`reduced/`, see data/README in the
@@ -43,6 +44,12 @@ def corpus_label(task: str, data_dir: Path) -> str:
 
         n = len(read_snli(train))
     return "full" if n == FULL_TRAIN_ROWS[task] else "custom"
+
+
+def info(text: str) -> None:
+    """Print a start-up line once per run (on rank 0 of a torchrun job)."""
+    if distributed.is_rank0():
+        print(text, flush=True)
 
 
 def run_name(model: str, task: str, seq_len: int, n_layers: int, seed: int, tag: str = "") -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .data.sources import ensure_dataset, resolve_data_dir
 from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
 from .models import PRESETS, build_model, count_parameters, resolve_config
-from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
+from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
                    paper_batch_size, parse_option, run_name)
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
 
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
 
     splits = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
-    print(describe(splits), flush=True)
+    info(describe(splits))
     torch.manual_seed(train_cfg.seed)
     model = build_model(args.model, args.preset, **options)
     corpus = corpus_label("wikitext", data_dir)
-    print(f"run {name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}", flush=True)
+    info(f"run {name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}")
     run_info = {
         "model": model_cfg.to_dict(),
         "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},

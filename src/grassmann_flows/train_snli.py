@@ -13,7 +13,6 @@ Writes <out-dir>/{config.json, metrics.jsonl, best.pt, last.pt, results.json}.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +25,11 @@ import torch.nn.functional as F
 from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
 from .data.sources import ensure_dataset, resolve_data_dir
 from .models import PRESETS, build_classifier, count_parameters
-from .runs import add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, parse_option, run_name
+from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
+                   parse_option, run_name)
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
-from .training import TrainConfig, autocast, exit_code, fit, gather_batch, resolve_device
+from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device
 
 # SNLI defaults (the paper: 20 epochs; nothing else stated for the classifiers).
 SNLI_DEFAULTS = {"epochs": 20, "batch_size": 32, "lr": 3e-4}
@@ -72,7 +72,8 @@ class SNLITask:
         return _fetch(self.splits["train"], indices.tolist(), device)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        n_tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("mask"))
+        # A device tensor, not an int: reading it here would stall the GPU queue every step.
+        n_tokens = sum(v.sum() for k, v in batch.items() if k.endswith("mask"))
         return F.cross_entropy(self.forward(model, batch).float(), batch["labels"]), n_tokens
 
     @torch.no_grad()
@@ -84,9 +85,7 @@ class SNLITask:
         model.eval()
         confusion = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
         total_loss = 0.0
-        n_batches = math.ceil(len(ds) / batch_size)
-        for b in range(min(n_batches, max_batches) if max_batches else n_batches):
-            batch = _fetch(ds, list(range(b * batch_size, min(len(ds), (b + 1) * batch_size))), device)
+        for batch in eval_batches(ds, batch_size, max_batches, device, fetch=_fetch):
             with autocast(device, "auto"):
                 logits = self.forward(model, batch).float()
             total_loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
@@ -188,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         model_info = {"distilbert": head}
         summary["seq_len"] = data_cfg.sent_len
     for split, ds in splits.items():
-        print(f"snli {split}: {len(ds):,} pairs ({data_cfg.encoding} encoding)", flush=True)
+        info(f"snli {split}: {len(ds):,} pairs ({data_cfg.encoding} encoding)")
     out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
-    print(f"run {name}: {count_parameters(model):,} trainable-module parameters, corpus={corpus}, out={out_dir}",
-          flush=True)
+    info(f"run {name}: {count_parameters(model):,} trainable-module parameters, corpus={corpus}, out={out_dir}")
     run_info = {**model_info, "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
                 "summary": {"run_name": name, **summary}}
     results = fit(model, task, train_cfg, out_dir, run_info, resume=args.resume)

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
@@ -67,8 +67,9 @@ class Task(Protocol):
 
     def train_batch(self, indices: torch.Tensor, device: torch.device) -> Any: ...
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-        """Mean loss of the batch and the number of input tokens it holds (for tokens/s)."""
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int | torch.Tensor]:
+        """Mean loss of the batch and the number of input tokens it holds (for tokens/s;
+        a tensor is read on the host only when losses are, every log_every steps)."""
         ...
 
     def evaluate(
@@ -173,13 +174,14 @@ def gather_batch(ds: Any, idx: list[int], device: torch.device) -> Any:
     return tuple(torch.stack(col).to(device, non_blocking=True) for col in zip(*items))
 
 
-def eval_batches(ds: Any, batch_size: int, max_batches: int, device: torch.device) -> Iterator[Any]:
+def eval_batches(ds: Any, batch_size: int, max_batches: int, device: torch.device,
+                 fetch: Callable[[Any, list[int], torch.device], Any] = gather_batch) -> Iterator[Any]:
     """The split in order, in batches (the last one short), at most `max_batches` (0 = all)."""
     n_batches = math.ceil(len(ds) / batch_size)
     if max_batches:
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
-        yield gather_batch(ds, list(range(b * batch_size, min(len(ds), (b + 1) * batch_size))), device)
+        yield fetch(ds, list(range(b * batch_size, min(len(ds), (b + 1) * batch_size))), device)
 
 
 def exit_code(results: dict[str, Any]) -> int:
@@ -271,7 +273,8 @@ def fit(
             order = epoch_order(task.n_train(), cfg.seed, epoch)
             model.train()
             bar = log.bar(steps_per_epoch, state["step_in_epoch"], f"epoch {epoch + 1}/{cfg.epochs}")
-            pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked on the host
+            # (step, loss, tokens) not yet read on the host
+            pending: list[tuple[int, torch.Tensor, int | torch.Tensor]] = []
             t0 = time.perf_counter()
             for b in range(state["step_in_epoch"], steps_per_epoch):
                 step = state["global_step"]
@@ -293,8 +296,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 state["global_step"] += 1
                 state["step_in_epoch"] = b + 1
-                state["train_tokens"] += n_items * world  # for tokens/s: the slices are alike in size
-                pending.append((step, loss.detach()))
+                pending.append((step, loss.detach(), n_items))
                 bar.update(1)
                 # Agreed by all ranks, which may see a signal a step apart, so that they stop
                 # (and checkpoint) at the same step.
@@ -304,7 +306,9 @@ def fit(
                     # Checking losses on the host only every log_every steps keeps the
                     # GPU queue full; the first non-finite step is still named exactly.
                     # Averaged over ranks: the global batch's loss, and the same verdict everywhere.
-                    values = distributed.mean_over_ranks(torch.stack([l for _, l in pending]).float()).cpu()
+                    values = distributed.mean_over_ranks(torch.stack([l for _, l, _ in pending]).float()).cpu()
+                    # for tokens/s: every rank's slice is alike in size
+                    state["train_tokens"] += int(sum(n for _, _, n in pending)) * world
                     bad = (~torch.isfinite(values)).nonzero()
                     if len(bad):
                         bad_step = pending[int(bad[0])][0]
@@ -312,7 +316,7 @@ def fit(
                         status = "diverged"
                         break
                     mean = values.mean().item()
-                    state["epoch_loss_sum"] += values.sum().item()
+                    state["epoch_loss_sum"] += values.double().sum().item()
                     state["epoch_loss_n"] += len(values)
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                     log.write({"kind": "step", "step": state["global_step"], "epoch": epoch + 1, "loss": mean, "lr": lr})

@@ -39,7 +39,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    # Before init (start-up logging) torchrun's RANK already says which worker this is.
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def is_rank0() -> bool:
