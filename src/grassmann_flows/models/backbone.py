@@ -32,14 +32,17 @@ class Block(nn.Module):
                   the blend alpha*x + (1-alpha)*g already carries x; no extra residual)
     """
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, mixer: nn.Module | None = None) -> None:
+        """mixer: a token mixer to use instead of the one `cfg` describes (the SNLI heads'
+        windowed Grassmann mixer), with the same forward(x, pad_mask) signature."""
         super().__init__()
-        if cfg.kind == "transformer":
-            self.mixer: nn.Module = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.causal)
-            self.layout = "postln" if cfg.block == "paper_postln" else cfg.block
-        else:
-            self.mixer = GrassmannMixer(cfg.d_model, cfg.mixer, cfg.layer_offsets(layer))
-            self.layout = cfg.block
+        if mixer is None and cfg.kind == "transformer":
+            mixer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.causal)
+        elif mixer is None:
+            mixer = GrassmannMixer(cfg.d_model, cfg.mixer, cfg.layer_offsets(layer))
+        self.mixer = mixer
+        # Attention has no blend carrying x, so its "paper_postln" is the residual post-LN block.
+        self.layout = "postln" if cfg.kind == "transformer" and cfg.block == "paper_postln" else cfg.block
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff)

@@ -229,15 +229,10 @@ class WindowGrassmannMixer(GrassmannMixer):
 
 
 def _paper_block(d_model: int, d_ff: int, dropout: float, mixer: nn.Module) -> Block:
-    """The paper's post-LN Grassmann block (Block "paper_postln") around `mixer`.
-
-    Block builds the LM's offset mixer from a config; the head swaps in the windowed one.
-    """
+    """The paper's post-LN Grassmann block (Block "paper_postln") around `mixer`."""
     cfg = ModelConfig(kind="grassmann", d_model=d_model, d_ff=d_ff, dropout=dropout,
                       block="paper_postln", causal=False)
-    block = Block(cfg, layer=0)
-    block.mixer = mixer
-    return block
+    return Block(cfg, layer=0, mixer=mixer)
 
 
 class TokenProjection(nn.Module):
