@@ -121,7 +121,9 @@ def _draw_panel(ax: plt.Axes, task: str, quantity: str, configs: list[Config]) -
             if stat.std is not None:
                 ax.errorbar(x, height, yerr=stat.std * scale, color="black", capsize=3, linewidth=1)
             digits = 1 if task == "wikitext" else 2  # 85.45 vs 85.50 must stay distinguishable
-            text = f"{stat.mean * scale:.{digits}f}" + ("↑" if stat.mean * scale > cap else "")
+            value = stat.mean * scale
+            # Large (clipped) values in thousands, so neighbouring labels do not overlap.
+            text = (f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.{digits}f}") + ("↑" if value > cap else "")
             if ours:
                 text += f"\nn={stat.n}"
             ax.annotate(text, (x, height + (stat.std or 0) * scale), xytext=(0, 2),
