@@ -15,7 +15,7 @@ from pathlib import Path
 from .data.snli import LABELS, SNLIDataConfig, load_snli_splits
 from .data.sources import resolve_data_dir
 from .runs import cli, default_cache_dir, load_run, load_weights, open_run, parse_option
-from .train_snli import SNLITask, model_from_meta
+from .train_snli import SNLITask, distilbert_setup
 from .training import resolve_device
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     splits = load_snli_splits(data_dir, data_cfg, cache_dir)
     if meta["summary"].get("snli_mode") == "distilbert":
-        model, task = model_from_meta(meta, splits, cache_dir, device)
+        model, task = distilbert_setup(meta["distilbert"], splits, cache_dir, device)
         load_weights(model, ckpt, path)
     else:
         model, meta, path = load_run(path, {}, device)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .data.sources import REPO_ROOT, DataUnavailableError, dataset_files
+from .data.sources import REPO_ROOT, DataUnavailableError, dataset_files, sha256_file
 from .models.snli_heads import BackboneUnavailableError
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
@@ -33,7 +32,7 @@ def default_cache_dir() -> Path:
 def corpus_label(task: str, data_dir: Path) -> str:
     """'reduced' (the stand-in corpus), 'full' (official train split size) or 'custom'."""
     train = dataset_files(task, data_dir)["train"]
-    if hashlib.sha256(train.read_bytes()).hexdigest() == REDUCED_TRAIN_SHA256[task]:
+    if sha256_file(train) == REDUCED_TRAIN_SHA256[task]:
         return "reduced"
     if task == "wikitext":
         from .data.wikitext import read_wikitext_rows

@@ -98,7 +98,7 @@ class SNLITask:
                 "per_class_acc": dict(zip(LABELS, per_class)), "confusion": confusion.tolist()}
 
 
-def _distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache_dir: Path,
+def distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache_dir: Path,
                       device: torch.device) -> tuple[nn.Module, SNLITask]:
     """The module to train and its task for a DistilBERT head run.
 
@@ -111,12 +111,6 @@ def _distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cach
         return model, SNLITask(splits, _head_forward)
     feats = cached_feature_splits(model.backbone.to(device), {k: ds.arrays for k, ds in splits.items()}, cache_dir)
     return model.head, SNLITask(feats, _head_forward)
-
-
-def model_from_meta(meta: dict[str, Any], splits: dict[str, SNLIDataset], cache_dir: Path,
-                    device: torch.device) -> tuple[nn.Module, SNLITask]:
-    """Rebuild a DistilBERT-mode run's trained module and task from checkpoint metadata."""
-    return _distilbert_setup(meta["distilbert"], splits, cache_dir, device)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
                                   max_len=2 * 48)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
-        model, task = _distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
+        model, task = distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
         model_info = {"distilbert": head}
         summary["seq_len"] = data_cfg.sent_len
     for split, ds in splits.items():

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 FORMAT_VERSION = 1  # bump when the layout above changes, to invalidate old caches
@@ -163,7 +163,7 @@ class CachedFeatureDataset(Dataset):
     ds[i] -> premise (max_len, dim) float16, premise_mask (max_len,) long, the same for
     the hypothesis ("separate" only; for "pair" the pair sequence is the premise),
     labels () long. ds[list_of_indices] -> the batch, each field padded only to its
-    longest sentence in the batch; `feature_loader` fetches batches this way.
+    longest sentence in the batch (one vectorised read; train_snli fetches batches this way).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -214,13 +214,3 @@ def cached_feature_splits(
     return {split: CachedFeatureDataset(build_feature_cache(backbone, arrays, cache_dir,
                                                             name=f"snli-{split}", **options))
             for split, arrays in splits.items()}
-
-
-def feature_loader(
-    dataset: CachedFeatureDataset, batch_size: int, shuffle: bool,
-    generator: torch.Generator | None = None, drop_last: bool = False, num_workers: int = 0,
-) -> DataLoader:
-    """Batches of `dataset`, each gathered in one vectorised read (no per-item collation)."""
-    base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())

@@ -18,6 +18,12 @@ from .config import ModelConfig
 N_CLASSES = 3
 
 
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens. h: (B, L, d); mask: (B, L) nonzero = real. Returns (B, d)."""
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 class PairClassifier(nn.Module):
     """(input_ids (B, L), attention_mask (B, L)) -> logits (B, 3).
 
@@ -41,6 +47,5 @@ class PairClassifier(nn.Module):
         if self.pooling == "cls":
             pooled = h[:, 0]
         else:
-            m = attention_mask.to(h.dtype).unsqueeze(-1)
-            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
+            pooled = masked_mean(h, attention_mask)
         return self.head(self.drop(pooled))

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import Block
+from .classifier import masked_mean
 from .config import MixerConfig, ModelConfig
 from .mixer import GrassmannMixer
 from .mixer.naive import pluecker
@@ -257,12 +258,6 @@ class TokenProjection(nn.Module):
         if self.seg is not None:
             h = h + self.seg.weight[segment]
         return self.drop(h)
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens. h: (B, L, d); mask: (B, L) nonzero = real. Returns (B, d)."""
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -24,11 +24,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, unsafe, or from another configuration."""
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file and a rename: a crash never leaves a torn file."""
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
-
-
 def rng_state() -> dict[str, Any]:
     """Every RNG the training loop draws from, as tensors and plain values."""
     np_state = np.random.get_state()
@@ -64,15 +59,14 @@ def save_checkpoint(
 
     rng: the RNG states of every rank of a distributed run (default: this process's).
     """
-    atomic_torch_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "rng": rng if rng is not None else [rng_state()],
-            "meta": json.dumps(meta, sort_keys=True),
-        },
-        path,
-    )
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng if rng is not None else [rng_state()],
+        "meta": json.dumps(meta, sort_keys=True),
+    }
+    # Temp file + rename: a crash (even SIGKILL) never leaves a torn checkpoint behind.
+    atomic_write(Path(path), lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

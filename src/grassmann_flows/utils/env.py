@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from ..data.sources import REPO_ROOT
 
 
 def _git(*args: str) -> str | None:
@@ -42,8 +41,3 @@ def environment() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "hostname": platform.node(),
     }
-
-
-def header_lines(env: dict[str, Any]) -> list[str]:
-    """The environment as log lines."""
-    return [f"# {k}: {v}" for k, v in env.items()]
