@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -48,15 +51,30 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None, state: Any = None) -> torch.Tensor:
+        """x: (B, L, d). state: the mixer's streaming state (decoding), passed on to it."""
+        mix_args = (pad_mask,) if state is None else (pad_mask, state)  # custom mixers take no state
         if self.layout == "preln":
-            x = x + self.drop(self.mixer(self.norm1(x), pad_mask))
+            x = x + self.drop(self.mixer(self.norm1(x), *mix_args))
             return x + self.drop(self.ffn(self.norm2(x)))
         if self.layout == "postln":
-            x = self.norm1(x + self.drop(self.mixer(x, pad_mask)))
+            x = self.norm1(x + self.drop(self.mixer(x, *mix_args)))
             return self.norm2(x + self.drop(self.ffn(x)))
-        h = self.drop(self.norm1(self.mixer(x, pad_mask)))
+        h = self.drop(self.norm1(self.mixer(x, *mix_args)))
         return self.norm2(h + self.drop(self.ffn(h)))
+
+
+@dataclass
+class StreamState:
+    """Decoding state of a whole backbone: the next position and one state per layer
+    (a `KVCache` for attention, a `RingState` for the Grassmann mixer)."""
+
+    position: int
+    layers: list[Any]
+
+    def nbytes(self) -> int:
+        """Bytes the per-layer states hold at the current position."""
+        return sum(layer.nbytes() for layer in self.layers)
 
 
 class Backbone(nn.Module):
@@ -73,14 +91,33 @@ class Backbone(nn.Module):
         if cfg.init == "gpt2":
             self.apply(_gpt2_init)
 
-    def forward(self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def new_state(self, batch: int, capacity: int | None = None) -> StreamState:
+        """An empty decoding state for `batch` sequences of up to `capacity` positions
+        (default n_positions; only a KV cache uses it). Raises ValueError with the reason
+        for a model that cannot decode one token at a time."""
+        capacity = self.cfg.n_positions if capacity is None else min(capacity, self.cfg.n_positions)
+        w = self.tok_emb.weight
+        return StreamState(0, [block.mixer.new_state(batch, capacity, w.device, w.dtype) for block in self.blocks])
+
+    def forward(
+        self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None, state: StreamState | None = None
+    ) -> torch.Tensor:
+        """input_ids: (B, L). state: decoding state; input_ids are then the next L positions
+        after the ones it has seen, and it is advanced past them."""
         L = input_ids.shape[1]
-        if L > self.cfg.n_positions:
-            raise ValueError(f"sequence length {L} exceeds n_positions={self.cfg.n_positions}")
-        pos = torch.arange(L, device=input_ids.device)
+        start = 0 if state is None else state.position
+        if start + L > self.cfg.n_positions:
+            raise ValueError(
+                f"sequence length {start + L} exceeds the position table (n_positions={self.cfg.n_positions})"
+            )
+        if state is not None and pad_mask is not None:
+            raise ValueError("decoding with a state takes no padding mask")
+        pos = torch.arange(start, start + L, device=input_ids.device)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x, pad_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, pad_mask, None if state is None else state.layers[i])
+        if state is not None:
+            state.position += L
         return self.norm(x)
 
 

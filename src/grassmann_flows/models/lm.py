@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import Backbone
+from .backbone import Backbone, StreamState
 from .config import ModelConfig
 
 
@@ -22,8 +22,14 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         self.backbone = Backbone(cfg)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.backbone(input_ids), self.backbone.tok_emb.weight)
+    def new_state(self, batch: int, capacity: int | None = None) -> StreamState:
+        """An empty decoding state (see `Backbone.new_state`)."""
+        return self.backbone.new_state(batch, capacity)
+
+    def forward(self, input_ids: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """input_ids (B, L) -> logits (B, L, V). With `state`, input_ids continue the
+        sequence the state has seen (one token at a time when generating)."""
+        return F.linear(self.backbone(input_ids, state=state), self.backbone.tok_emb.weight)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,8 +12,9 @@ import os
 
 from .fast import antisymmetrizer, fast_features, wedge_project
 from .naive import naive_features
+from .stream import RingState, project_last
 
-__all__ = ["GrassmannMixer", "resolve_impl"]
+__all__ = ["GrassmannMixer", "RingState", "resolve_impl"]
 
 
 def resolve_impl(cfg: MixerConfig) -> str:
@@ -59,28 +60,51 @@ class GrassmannMixer(nn.Module):
         self.norm = nn.LayerNorm(d_model) if cfg.mixer_norm else None
         self.register_buffer("antisym", antisymmetrizer(cfg.reduced_dim), persistent=False)
 
-    def features(self, z: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """g: (B, L, d) from reduced tokens z: (B, L, r) with the chosen implementation."""
+    def features(
+        self, z: torch.Tensor, pad_mask: torch.Tensor | None = None, last: int | None = None
+    ) -> torch.Tensor:
+        """g: (B, L, d) from reduced tokens z: (B, L, r) with the chosen implementation.
+
+        last: return only the last `last` positions, (B, last, d), projecting only those
+        (the streaming step, whose z is a window of kept and new tokens).
+        """
         if self.impl == "naive":
-            return naive_features(
+            g = naive_features(
                 z, [p.weight for p in self.proj], [p.bias for p in self.proj],
                 self.offsets, self.cfg, pad_mask,
             )
+            return g if last is None else g[:, -last:]
         def project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             return wedge_project(u, w, weight, self.antisym)
 
         # Triton kernels run on CUDA, or on the CPU only through its interpreter.
         if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             from ...kernels import wedge_project_fused as project
-        return fast_features(
+        if last is not None:
+            project = project_last(project, last)
+        g = fast_features(
             z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project
         )
+        return g if last is None else g[:, -last:]
 
-    def forward(self, h: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """h: (B, L, d); pad_mask: (B, L) nonzero for real tokens, or None."""
+    def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RingState:
+        """The streaming state before the first token; its size does not depend on `capacity`."""
+        return RingState.empty(batch, self.offsets, self.cfg.reduced_dim, device, dtype)
+
+    def forward(
+        self, h: torch.Tensor, pad_mask: torch.Tensor | None = None, state: RingState | None = None
+    ) -> torch.Tensor:
+        """h: (B, L, d); pad_mask: (B, L) nonzero for real tokens, or None.
+
+        state: the window of the previous positions; h are then the next L positions.
+        """
         if self.in_proj is not None:
             h = self.in_proj(h)
-        g = self.features(self.reduce(h), pad_mask)
+        z = self.reduce(h)
+        if state is None:
+            g = self.features(z, pad_mask)
+        else:
+            g = self.features(*state.window(z), last=z.shape[1])
         alpha = torch.sigmoid(self.gate(torch.cat([h, g], dim=-1)))
         if self.cfg.gate_output == "blend":
             out = alpha * h + (1 - alpha) * g
@@ -91,3 +115,4 @@ class GrassmannMixer(nn.Module):
         if self.norm is not None:
             out = self.norm(out)
         return out
+
