@@ -6,6 +6,7 @@
     python scripts/benchmark.py --compile-mode none       # (b) eager only
     python scripts/benchmark.py --settings grid           # (b) at all four (L, N) of the WT2 grid
     python scripts/benchmark.py --quick --device cpu      # smoke test: tiny sizes, few steps
+    python scripts/benchmark.py --only decode --device cpu  # (c) only, on the CPU
 
 (a) One mixing layer, forward + backward under bf16 autocast: the paper's GrassmannMixer
     (r = 32, offsets {1,2,4,8,12,16}, d = 256) with mixer_impl naive / fast / fused, and a
@@ -15,6 +16,17 @@
     tokens, BERT vocabulary 30,522) of TransformerLM and GrassmannLM naive / fast / fused
     at the paper's settings (L=128, N=6, B=32) and (L=256, N=12, B=16), eager and under
     torch.compile (--compile-mode, default "default reduce-overhead").
+
+(c) Generation, one token per step: per-token latency and memory of the Transformer LM
+    (KV cache) and the Grassmann LM (window of the last max|offset| reduced vectors per
+    layer) at context C, batch 1 and 32, paper preset, N = 12, random weights (speed needs
+    no trained weights). C runs up to n_positions = 256, and to 16,384 for a model built
+    with a 16,384-row position table. The state is filled with random values up to
+    C - warmup - steps; the timed steps are the last ones before C (a step's cost does not
+    depend on the values, and a real prefill of 16K tokens at batch 32 would dominate the
+    run). Memory is the state's size at C (both devices) and the peak allocated (CUDA).
+    bf16 weights on CUDA, float32 on the CPU. A state over --max-state-mb is skipped.
+    Written to <gpu-slug>-<YYYY-MM-DD>-decode.json / .png / .svg with --only decode.
 
 Times are medians over --steps steps after --warmup steps, taken with CUDA events (wall
 clock on CPU); peak memory is torch.cuda.max_memory_allocated over the timed steps
@@ -78,12 +90,21 @@ EPOCHS = 30
 # machines): its 2,088,628 words x the 1.116 BERT tokens per word of the validation split.
 TRAIN_TOKENS_PER_EPOCH = 2.33e6
 
+# (c): the model of the L=256, N=12 setting, its contexts, and a long-context model.
+DECODE_OPTIONS = {"n_layers": 12, "n_positions": 256}
+DECODE_CONTEXTS = (16, 64, 256)
+LONG_POSITIONS = 16384
+LONG_CONTEXTS = (1024, 4096, 16384)
+DECODE_BATCHES = (1, 32)
+DECODE_MODELS = ("transformer", "grassmann")
+
 # --quick: sizes that run in seconds on a CPU; the numbers only show the script works.
 QUICK_LENGTHS = (16, 64)
 QUICK_TOKENS = 128
 QUICK_MIXER_DIMS = {"d_model": 64, "n_heads": 4, "reduced_dim": 8}
 QUICK_SETTINGS = ((32, 2, 2),)
 QUICK_MODEL_OPTIONS = {"d_model": 64, "n_heads": 4, "d_ff": 128, "reduced_dim": 8, "vocab_size": 1000}
+QUICK_DECODE = {"n_layers": 2, "n_positions": 32, "contexts": (8, 32), "long_positions": 128, "long_contexts": (128,)}
 
 
 # --------------------------------------------------------------------------- environment
@@ -327,6 +348,84 @@ def _model_point(
     return result
 
 
+# --------------------------------------------------------------------------- (c) decoding
+
+
+def bench_decode(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Per-token latency and state memory of incremental decoding at each context C."""
+    extra = QUICK_MODEL_OPTIONS if args.quick else {}
+    n_layers = QUICK_DECODE["n_layers"] if args.quick else DECODE_OPTIONS["n_layers"]
+    tables = (
+        (QUICK_DECODE["n_positions"], QUICK_DECODE["contexts"]), (QUICK_DECODE["long_positions"], QUICK_DECODE["long_contexts"])
+    ) if args.quick else ((DECODE_OPTIONS["n_positions"], DECODE_CONTEXTS), (LONG_POSITIONS, LONG_CONTEXTS))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for n_positions, contexts in tables:
+        for kind in DECODE_MODELS:
+            torch.manual_seed(0)
+            model = build_model(kind, "paper", **extra, n_layers=n_layers, n_positions=n_positions)
+            model = model.to(device=device, dtype=dtype).eval()
+            for B in DECODE_BATCHES:
+                for C in contexts:
+                    row: dict[str, Any] = {"model": kind, "n_positions": n_positions, "N": n_layers, "B": B, "C": C,
+                                           "dtype": str(dtype).removeprefix("torch.")}
+                    mb = _state_mb(model, B, C)
+                    if args.max_state_mb is not None and mb > args.max_state_mb:
+                        row["skipped"] = f"state of {mb:.0f} MB > --max-state-mb {args.max_state_mb:g}"
+                    else:
+                        row.update(guarded(lambda: _decode_point(args, device, model, B, C), device))
+                    rows.append(row)
+                    _progress("decode", row)
+            del model
+    return rows
+
+
+def _state_mb(model: torch.nn.Module, B: int, C: int) -> float:
+    """Size of the decoding state at context C, from an empty state's tensors: a KV cache
+    holds 2*C*d numbers per layer and sequence, the Grassmann window a fixed W*r."""
+    kind = model.cfg.kind
+    state = model.new_state(B, 1)  # capacity 1: only the per-position size is needed
+    per_layer = [(s.k.numel() + s.v.numel()) * C if kind == "transformer" else s.z.numel() for s in state.layers]
+    return sum(per_layer) * model.backbone.tok_emb.weight.element_size() / 2**20
+
+
+@torch.no_grad()
+def _decode_point(args: argparse.Namespace, device: torch.device, model: torch.nn.Module,
+                  B: int, C: int) -> dict[str, Any]:
+    steps = min(args.steps, max(1, C // 2))
+    warmup = max(2, min(args.warmup, C - steps))  # `measure` always runs two untimed steps
+    state = model.new_state(B, C)
+    _fill_state(state, C - warmup - steps)
+    tokens = torch.zeros(B, 1, dtype=torch.long, device=device)
+
+    def step() -> None:
+        nonlocal tokens
+        tokens = model(tokens, state=state)[:, -1:].argmax(-1)  # greedy: the next token feeds the next step
+
+    result = measure(step, device, warmup, steps, args.max_step_s)
+    if "skipped" in result:
+        return result
+    assert state.position == C, (state.position, C)  # the timed steps are the last ones before C
+    result["state_mb"] = state.nbytes() / 2**20
+    result["tokens_per_s"] = B / (result["ms"] / 1e3)
+    return result
+
+
+def _fill_state(state: Any, n: int) -> None:
+    """Put a state at position n with random contents, as if n tokens had been decoded."""
+    from grassmann_flows.models.attention import KVCache
+
+    for layer in state.layers:
+        if isinstance(layer, KVCache):
+            layer.k[:, :, :n].normal_()
+            layer.v[:, :, :n].normal_()
+            layer.length = n
+        else:
+            layer.z.normal_()
+            layer.seen = n
+    state.position = n
+
+
 # --------------------------------------------------------------------------- projection
 
 
@@ -379,8 +478,9 @@ def project_grid(model_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _progress(part: str, row: dict[str, Any]) -> None:
-    name = row.get("layer") or f"{row['model']} {row['mode']}"
-    shape = f"L={row['L']} B={row['B']}" + (f" N={row['N']}" if "N" in row else "")
+    name = row.get("layer") or f"{row['model']} {row.get('mode', '')}".strip()
+    shape = f"L={row['L']} B={row['B']}" if "L" in row else f"C={row['C']}/{row['n_positions']} B={row['B']}"
+    shape += f" N={row['N']}" if "N" in row else ""
     if "ms" in row:
         mem = f", peak {row['peak_mb']:.0f} MB" if row.get("peak_mb") is not None else ""
         status = f"{row['ms']:.2f} ms{mem}"
@@ -471,6 +571,59 @@ def projection_table(proj: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decode_table(rows: list[dict[str, Any]]) -> str:
+    """Per-token ms and state MB of both models at each (n_positions, B, C), with ratios."""
+    by = {(r["n_positions"], r["B"], r["C"], r["model"]): r for r in rows}
+    head = ["n_positions", "B", "C", "transformer ms/token", "grassmann ms/token", "Grassmann / Transformer ms",
+            "transformer state MB", "grassmann state MB", "Transformer / Grassmann state",
+            "transformer peak MB", "grassmann peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n_pos, B, C in sorted({(r["n_positions"], r["B"], r["C"]) for r in rows}):
+        t, g = by.get((n_pos, B, C, "transformer")), by.get((n_pos, B, C, "grassmann"))
+        lines.append("| " + " | ".join([
+            str(n_pos), str(B), str(C), _cell(t, "ms", ".2f"), _cell(g, "ms", ".2f"), _ratio(g, t, "ms"),
+            _cell(t, "state_mb", ".3f"), _cell(g, "state_mb", ".3f"), _ratio(t, g, "state_mb"),
+            _cell(t, "peak_mb", ".0f"), _cell(g, "peak_mb", ".0f"),
+        ]) + " |")
+    reasons = {f"{r['model']} B={r['B']} C={r['C']}: {r.get('skipped') or r['error']}": None
+               for r in rows if "ms" not in r}
+    return "\n".join(lines + [""] + [f"- {reason}" for reason in reasons]) + "\n"
+
+
+def plot_decode(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]:
+    """Log-log ms per token and state MB against C, per model and batch; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "ms", "ms per generated token"), (axes[1], "state_mb", "decoding state (MB)")):
+        for model in DECODE_MODELS:
+            for B in DECODE_BATCHES:
+                pts = sorted((r["C"], r[key]) for r in rows
+                             if (r["model"], r["B"]) == (model, B) and r.get(key) is not None)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", linestyle="-" if model == "transformer" else "--",
+                            label=f"{model} B={B}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context C (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    files = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=150)
+        files.append(str(path))
+    plt.close(fig)
+    return files
+
+
 def plot(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]:
     """Log-log ms and peak MB against L for every layer; returns the files written."""
     import matplotlib
@@ -515,7 +668,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (smoke test)")
-    p.add_argument("--only", choices=("mixer", "model"), help="run one part only")
+    p.add_argument("--only", choices=("mixer", "model", "decode"), help="run one part only")
     p.add_argument(
         "--compile-mode", nargs="+", dest="compile_modes",
         choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
@@ -527,10 +680,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed steps, the first two included (default 10, --quick 2)")
     p.add_argument("--steps", type=int, help="timed steps (default 50, --quick 2)")
     p.add_argument("--max-step-s", type=float, default=10.0, help="skip a configuration whose step takes longer")
+    p.add_argument("--max-state-mb", type=float,
+                   help="(c) skip a decoding state larger than this (default: none on CUDA, 2048 on CPU)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench", help="output directory")
     args = p.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
     args.steps = args.steps if args.steps is not None else (2 if args.quick else 50)
+    if args.max_state_mb is None and args.device.startswith("cpu"):
+        args.max_state_mb = 2048.0
     return args
 
 
@@ -561,21 +718,31 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "quick": args.quick, "device": str(device), "warmup": args.warmup, "steps": args.steps,
             "compile_modes": modes, "settings": "quick" if args.quick else args.settings,
-            "max_step_s": args.max_step_s, "notes": notes,
+            "max_step_s": args.max_step_s, "max_state_mb": args.max_state_mb, "notes": notes,
         },
-        "mixer": [], "model": [], "projection": None,
+        "mixer": [], "model": [], "projection": None, "decode": [],
     }
     if args.only in (None, "mixer"):
         result["mixer"] = bench_mixer(args, device)
     if args.only in (None, "model"):
         result["model"] = bench_models(args, device, modes)
         result["projection"] = project_grid(result["model"])
+    if args.only in (None, "decode"):
+        notes.append("(c) decode: ms per token = median over the last steps before C; state_mb = the "
+                     "KV cache / Grassmann window at C; paper preset, random weights")
+        result["decode"] = bench_decode(args, device)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{slug(env['device'])}-{env['date']}"
+    # A decode-only run gets its own files, so it never replaces a full run's JSON of the same day.
+    stem = args.out / f"{slug(env['device'])}-{env['date']}{'-decode' if args.only == 'decode' else ''}"
+    result["plots"] = []
     if result["mixer"]:
         title = f"{env['device']}, {env['date']}: mixer layer vs SDPA attention"
-        result["plots"] = plot(result["mixer"], title, stem)
+        result["plots"] += plot(result["mixer"], title, stem)
+    if result["decode"]:
+        title = f"{env['device']}, {env['date']}: decoding, KV cache vs Grassmann window"
+        decode_stem = stem if args.only == "decode" else stem.with_name(stem.name + "-decode")
+        result["plots"] += plot_decode(result["decode"], title, decode_stem)
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -591,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         print(model_table(result["model"]))
         print("## Projected WikiText-2 grid wall-clock\n")
         print(projection_table(result["projection"]))
+    if result["decode"]:
+        print("## (c) Generation: per-token latency and state at context C (Grassmann / Transformer)\n")
+        print(decode_table(result["decode"]))
     print(f"wrote {json_path}" + "".join(f", {f}" for f in result.get("plots", [])))
     return 0
 

@@ -11,7 +11,7 @@ from ..config import MixerConfig
 import os
 
 from .fast import antisymmetrizer, fast_features, wedge_project
-from .naive import naive_features
+from .naive import naive_features, wedge_project_reference
 from .stream import RingState, project_last
 
 __all__ = ["GrassmannMixer", "RingState", "resolve_impl"]
@@ -80,8 +80,8 @@ class GrassmannMixer(nn.Module):
         # Triton kernels run on CUDA, or on the CPU only through its interpreter.
         if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             from ...kernels import wedge_project_fused as project
-        if last is not None:
-            project = project_last(project, last)
+        if last is not None:  # a few tokens: the Plücker form needs no A = W S (r*r x d) per step
+            project = project_last(wedge_project_reference, last)
         g = fast_features(
             z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project
         )

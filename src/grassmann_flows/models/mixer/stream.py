@@ -8,7 +8,9 @@ each, however long the context is: W * r numbers per sequence per layer, against
 
 The step runs the mixer's own feature code (`GrassmannMixer.features`) on the window
 [W kept vectors; T new ones], with the slots not filled yet (the first W - t positions
-of a sequence) masked as padding, and projects only the T new positions. Everything
+of a sequence) masked as padding, and projects only the T new positions, through the
+explicit Plücker coordinates: for a few tokens that is cheaper than forming the GEMM
+form's A = W S (d x r*r), which training amortises over a whole batch. Everything
 after the features (gate, blend, projections, norms, block layout) is the full
 forward's code, so every option streams exactly as it trains.
 """
@@ -69,7 +71,7 @@ def project_last(project: Callable[..., torch.Tensor], last: int) -> Callable[..
     """`project` (u, w, weight, ...) -> (B, L, d) restricted to the last `last` positions.
 
     Zeros stand in for the window's first positions: the step discards them, and
-    projecting them would spend the largest GEMM (K = r*r) on W extra rows per token.
+    projecting them would spend the largest product on W extra rows per token.
     """
 
     def projected(u: torch.Tensor, w: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
