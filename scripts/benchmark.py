@@ -571,6 +571,21 @@ def projection_table(proj: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_figure(fig: Any, title: str, stem: Path) -> list[str]:
+    """Title `fig`, write it as stem.png and stem.svg, close it; returns the files."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    files = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=150)
+        files.append(str(path))
+    plt.close(fig)
+    return files
+
+
 def decode_table(rows: list[dict[str, Any]]) -> str:
     """Per-token ms and state MB of both models at each (n_positions, B, C), with ratios."""
     by = {(r["n_positions"], r["B"], r["C"], r["model"]): r for r in rows}
@@ -613,15 +628,7 @@ def plot_decode(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    files = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=150)
-        files.append(str(path))
-    plt.close(fig)
-    return files
+    return _save_figure(fig, title, stem)
 
 
 def plot(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]:
@@ -648,15 +655,7 @@ def plot(rows: list[dict[str, Any]], title: str, stem: Path) -> list[str]:
         ax.set_xlabel("sequence length L (B·L fixed)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    files = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=150)
-        files.append(str(path))
-    plt.close(fig)
-    return files
+    return _save_figure(fig, title, stem)
 
 
 # --------------------------------------------------------------------------- main
@@ -708,10 +707,13 @@ def main(argv: list[str] | None = None) -> int:
         "peak_mb = torch.cuda.max_memory_allocated over the timed steps (None on CPU)",
         f"(a) B*L = {QUICK_TOKENS if args.quick else MIXER_TOKENS} tokens at every L",
     ]
+    if args.only == "decode":  # no autocast, no fused rows in (c)
+        notes = ["median of timed steps after warm-up; CUDA events on GPU, wall clock on CPU",
+                 "peak_mb = torch.cuda.max_memory_allocated over the timed steps (None on CPU)"]
     if args.quick:
         notes.append("--quick: tiny sizes; the numbers only show that the script runs")
     reason = fused_skip_reason(device)
-    if reason:
+    if reason and args.only != "decode":
         notes.append(f"fused skipped: {reason}")
     result: dict[str, Any] = {
         "env": env,
@@ -729,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         result["projection"] = project_grid(result["model"])
     if args.only in (None, "decode"):
         notes.append("(c) decode: ms per token = median over the last steps before C; state_mb = the "
-                     "KV cache / Grassmann window at C; paper preset, random weights")
+                     "KV cache / Grassmann window at C; paper preset, random weights, "
+                     f"{'bf16' if device.type == 'cuda' else 'float32'} weights, no autocast")
         result["decode"] = bench_decode(args, device)
 
     args.out.mkdir(parents=True, exist_ok=True)

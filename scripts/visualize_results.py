@@ -276,8 +276,9 @@ def plot_bench(path: Path, out_dir: Path) -> list[Path]:
 
 
 def newest_bench(bench_dir: Path = BENCH_DIR) -> Path | None:
-    """The most recently modified benchmark JSON, if any."""
-    files = sorted(bench_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if bench_dir.is_dir() else []
+    """The most recently modified benchmark JSON, if any (decode-only runs have no (a) or (b))."""
+    files = sorted((p for p in bench_dir.glob("*.json") if not p.stem.endswith("-decode")),
+                   key=lambda p: p.stat().st_mtime) if bench_dir.is_dir() else []
     return files[-1] if files else None
 
 

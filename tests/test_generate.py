@@ -29,14 +29,7 @@ REL_TOL = 1e-10
 N_POS = 20
 TINY = dict(vocab_size=23, d_model=8, d_ff=12, n_heads=2, n_positions=N_POS, dropout=0.0)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_rel_close(a: torch.Tensor, ref: torch.Tensor, what: str) -> None:
