@@ -115,4 +115,3 @@ class GrassmannMixer(nn.Module):
         if self.norm is not None:
             out = self.norm(out)
         return out
-
