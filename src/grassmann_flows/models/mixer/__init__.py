@@ -41,7 +41,7 @@ class GrassmannMixer(nn.Module):
     Steps (paper §3.2): z = W_red h + b; g = aggregate over valid offsets of
     W_plü p_hat(z_t, z_{t-Delta}) + b_plü; alpha = sigmoid(W_gate [h; g] + b);
     blend alpha*h + (1-alpha)*g (or h + alpha*g). Optional extra d x d projection
-    (in or out) and a LayerNorm inside the mixer, per `MixerConfig`.
+    (of g, of the input or of the output) and a LayerNorm inside the mixer, per `MixerConfig`.
     """
 
     def __init__(self, d_model: int, cfg: MixerConfig, offsets: tuple[int, ...]) -> None:
@@ -54,27 +54,39 @@ class GrassmannMixer(nn.Module):
         self.reduce = nn.Linear(d_model, cfg.reduced_dim)
         n_proj = len(offsets) if cfg.projection == "per_offset" else 1
         self.proj = nn.ModuleList(nn.Linear(P, d_model) for _ in range(n_proj))
+        self.g_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "g" else None
         self.gate = nn.Linear(2 * d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "out" else None
         self.norm = nn.LayerNorm(d_model) if cfg.mixer_norm else None
         self.register_buffer("antisym", antisymmetrizer(cfg.reduced_dim), persistent=False)
 
+    def projections(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The effective (W_plü (d, P), b_plü (d,)) of each projection, one per projection.
+
+        With extra_proj="g" the Linear on g is folded in: W_g W_plü and W_g b_plü + b_g.
+        Every projected term W_plü p_hat + b_plü is then mapped by W_g x + b_g before the
+        aggregation, which for the mean equals W_g g + b_g wherever an offset is valid,
+        and keeps g_t = 0 (empty_value="zero") where none is: the paper's equations with
+        W_plü factorised, not a new function. Costs one (d, d) x (d, P) product per call.
+        """
+        weights = [p.weight for p in self.proj]
+        biases = [p.bias for p in self.proj]
+        if self.g_proj is None:
+            return weights, biases
+        return [self.g_proj.weight @ w for w in weights], [self.g_proj(b) for b in biases]
+
     def features(self, z: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """g: (B, L, d) from reduced tokens z: (B, L, r) with the chosen implementation."""
+        weights, biases = self.projections()
         if self.impl == "naive":
-            return naive_features(
-                z, [p.weight for p in self.proj], [p.bias for p in self.proj],
-                self.offsets, self.cfg, pad_mask,
-            )
+            return naive_features(z, weights, biases, self.offsets, self.cfg, pad_mask)
         def project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             return wedge_project(u, w, weight, self.antisym)
 
         # Triton kernels run on CUDA, or on the CPU only through its interpreter.
         if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             from ...kernels import wedge_project_fused as project
-        return fast_features(
-            z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project
-        )
+        return fast_features(z, weights[0], biases[0], self.offsets, self.cfg, pad_mask, project)
 
     def forward(self, h: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """h: (B, L, d); pad_mask: (B, L) nonzero for real tokens, or None."""
