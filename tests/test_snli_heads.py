@@ -21,10 +21,12 @@ from grassmann_flows.data.distilbert_features import (
     cached_feature_splits,
 )
 from grassmann_flows.models.lm import count_parameters
+from grassmann_flows.models.mixer.naive import pluecker
 from grassmann_flows.models.snli_heads import (
     BackboneUnavailableError,
     GrassmannPluckerHead,
     TransformerHead,
+    WindowGrassmannMixer,
     build_head,
     build_snli_model,
     load_backbone,
@@ -187,6 +189,57 @@ def test_grassmann_features_equal_explicit_pluecker_projection():
     nonempty = p_mean.abs().sum(-1, keepdim=True) > 0
     ref = torch.einsum("nlhp,hdp->nlhd", p_mean, W.view(H, -1, W.shape[1])) + b.view(H, -1) * nonempty
     torch.testing.assert_close(mixer.features(z, mask), ref.flatten(-2), rtol=1e-10, atol=1e-10)
+
+
+def explicit_window_features(mixer: WindowGrassmannMixer, z: torch.Tensor) -> torch.Tensor:
+    """Reference for `mixer.features` without padding, pair by pair: the Plücker vector of
+    every window pair, normalised (clamp), averaged over its head's distance band,
+    projected by the head's rows of W_plü. z: (N, L, r) -> (N, L, d) in z's dtype."""
+    N, L, r = z.shape
+    H = mixer.n_heads
+    W, b = mixer.proj[0].weight.to(z.dtype), mixer.proj[0].bias.to(z.dtype)
+    Wh, bh = W.view(H, -1, W.shape[1]), b.view(H, -1)
+    head_of = {d: h for h, band in enumerate(scale_bands(mixer.window, H)) for d in band}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for t, s in window_pairs(L, mixer.window, mixer.stride).tolist():
+        groups.setdefault((t, head_of[abs(t - s)]), []).append(s)
+    out = torch.zeros(N, L, H, Wh.shape[1], dtype=z.dtype)
+    for (t, h), ss in groups.items():
+        p = pluecker(z[:, t : t + 1].expand(N, len(ss), r), z[:, ss])  # (N, pairs, P)
+        p = p / torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(mixer.cfg.norm_eps)
+        out[:, t, h] = p.mean(1) @ Wh[h].T + bh[h]
+    return out.flatten(-2)
+
+
+def test_grassmann_features_equal_pair_by_pair_reference():
+    torch.manual_seed(0)
+    mixer = WindowGrassmannMixer(32, 8, window=8, stride=4, n_heads=4, norm_eps=1e-6).double()
+    z = torch.randn(2, 19, 8, dtype=torch.float64)
+    torch.testing.assert_close(mixer.features(z), explicit_window_features(mixer, z), rtol=1e-10, atol=1e-10)
+
+
+def test_grassmann_features_float32_near_parallel_pairs():
+    """Nearly parallel tokens (sin ~ 1e-3, e.g. a reduction bias dominating W_red h): the
+    float32 head is about as accurate as the float32 pair-by-pair path. Lagrange's
+    |u|^2|v|^2 - (u.v)^2 loses ~1/sin^2 of the angle here and fails this."""
+    r, d, L = 32, 64, 24
+    torch.manual_seed(0)
+    mixer = WindowGrassmannMixer(d, r, window=8, stride=8, n_heads=4, norm_eps=1e-6).double()
+    with torch.no_grad():
+        mixer.proj[0].weight.normal_(0, 0.05)
+        mixer.proj[0].bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 1, r, dtype=torch.float64, generator=gen) + 1e-3 * torch.randn(
+        2, L, r, dtype=torch.float64, generator=gen)
+    ref = explicit_window_features(mixer, z)
+
+    def rel32(g: torch.Tensor) -> float:
+        return ((g.double() - ref).abs().max() / ref.abs().max()).item()
+
+    naive32 = rel32(explicit_window_features(mixer.float(), z.float()))
+    fast32 = rel32(mixer.float().features(z.float()))
+    assert naive32 < 1e-3
+    assert fast32 < 10 * naive32, f"float32 head {fast32:.1e} vs pair-by-pair {naive32:.1e}"
 
 
 def test_grassmann_pluecker_features_nonzero_and_order_sensitive():

@@ -169,8 +169,8 @@ class WindowGrassmannMixer(GrassmannMixer):
     2016 -> d projection. A head with no valid pair at t contributes 0 there.
 
     The bilinear rewrite of mixer/fast.py keeps it cheap: mean_s p_hat(z_t, z_s) =
-    z_t ∧ w_t with w_t = sum_s z_s / (n |z_t ∧ z_s|), and |z_t ∧ z_s| comes from
-    Lagrange's identity, so no per-pair Plücker vector is ever formed.
+    z_t ∧ w_t with w_t = sum_s z_s / (n |z_t ∧ z_s|), and |z_t ∧ z_s| = |z_t| |z_s,perp|
+    (z_s less its component along z_t), so no per-pair Plücker vector is ever formed.
     """
 
     def __init__(self, d_model: int, reduced_dim: int, window: int, stride: int,
@@ -186,9 +186,10 @@ class WindowGrassmannMixer(GrassmannMixer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Partners and per-head averaging weights of the normalised pairs.
 
-        z: (N, L, r). Returns partners zs (N, L, K, r), weights c (N, L, K, H) with
+        z: (N, L, r). Returns partners zs (N, L, K, r), each with its component along
+        z_t removed (z_t ∧ z_s is unchanged), weights c (N, L, K, H) with
         mean_{s in head h} p_hat(z_t, z_s) = sum_k c[..., k, h] p(z_t, zs_k), and
-        nonempty (N, L, H), all in float32 or wider (the norm difference cancels).
+        nonempty (N, L, H), all in float32 or wider.
         """
         N, L, _ = z.shape
         partner, valid, head = window_partners(L, self.window, self.stride, self.n_heads, z.device)
@@ -198,8 +199,13 @@ class WindowGrassmannMixer(GrassmannMixer):
         if pad_mask is not None:
             real = pad_mask.bool()
             ok = ok & real[:, partner] & real[:, :, None]
-        # Lagrange: |u ∧ v|^2 = |u|^2 |v|^2 - (u.v)^2; clamping |p| at eps as the LM mixer does
-        n2 = (u * u).sum(-1, keepdim=True) * (zs * zs).sum(-1) - torch.einsum("nlr,nlkr->nlk", u, zs) ** 2
+        # As in the LM mixer (mixer/fast.py): u ∧ v = u ∧ v_perp with v_perp = v - (u.v/|u|^2) u,
+        # and |u ∧ v|^2 = |u|^2 |v_perp|^2 has none of the cancellation of Lagrange's
+        # |u|^2 |v|^2 - (u.v)^2 for nearly parallel tokens. |p| is clamped at eps as there.
+        uu = (u * u).sum(-1, keepdim=True)  # (N, L, 1)
+        along = torch.einsum("nlr,nlkr->nlk", u, zs) / uu.clamp_min(torch.finfo(u.dtype).tiny)
+        zs = zs - along.unsqueeze(-1) * u.unsqueeze(2)
+        n2 = uu * (zs * zs).sum(-1)
         inv_norm = n2.clamp_min(self.cfg.norm_eps**2).rsqrt()
         in_head = ok.unsqueeze(-1) & (head.unsqueeze(-1) == torch.arange(self.n_heads, device=z.device))
         in_head = in_head.to(u.dtype)  # (N, L, K, H)
