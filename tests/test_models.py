@@ -644,6 +644,9 @@ def test_classifier_trains_on_tiny_batch(kind):
     ("grassmann", {"reduced_dim": 1}),
     ("grassmann", {"pairing": "both"}),  # a causal LM must not pair with the future
     ("transformer", {"d_model": 30}),  # not divisible by 4 heads
+    ("transformer", {"attn_dropout": 1.0}),
+    ("grassmann", {"ffn_dropout": -0.1}),
+    ("grassmann", {"dropout": 1.5}),
 ])
 def test_bad_options_raise(kind, options):
     with pytest.raises(ValueError):
@@ -676,6 +679,32 @@ def test_good_options_resolve():
     assert build_classifier("grassmann", **CLS).cfg.mixer.pairing == "both"
     # a config round-trips through its dict form
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("kind,opt,field,value", [
+    ("transformer", "block=postln", "block", "postln"),          # the post-LN Transformer control
+    ("grassmann", "extra_proj=none", "extra_proj", "none"),      # the Grassmann without the extra Linear
+    ("transformer", "attn_dropout=0.1", "attn_dropout", 0.1),
+    ("grassmann", "ffn_dropout=0.2", "ffn_dropout", 0.2),
+])
+def test_controls_pass_through_opt_into_the_recorded_config(kind, opt, field, value):
+    """`--opt KEY=VALUE` as train.py parses it overrides the paper preset, the built model
+    follows it, and the config dict saved with the run records it."""
+    from grassmann_flows.runs import parse_option
+
+    options = dict([parse_option(opt)], n_layers=2, n_positions=32, vocab_size=50, d_model=16, d_ff=32)
+    cfg = resolve_config(kind, "paper", **options)
+    recorded = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert getattr(recorded.mixer if field == "extra_proj" else recorded, field) == value
+    block = build_model(kind, "paper", **options).backbone.blocks[0]
+    if field == "block":
+        assert block.layout == "postln"
+    elif field == "extra_proj":
+        assert (block.mixer.g_proj, block.mixer.out_proj, block.mixer.in_proj) == (None, None, None)
+    elif field == "attn_dropout":
+        assert block.mixer.dropout == value
+    else:
+        assert block.ffn.drop.p == value
 
 
 def test_per_offset_projection_with_fast_warns_and_runs_naive():
