@@ -679,6 +679,9 @@ def test_good_options_resolve():
     assert build_classifier("grassmann", **CLS).cfg.mixer.pairing == "both"
     # a config round-trips through its dict form
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # a Transformer config saved before attn_dropout existed ran attention dropout at `dropout`
+    old = {k: v for k, v in resolve_config("transformer", dropout=0.2).to_dict().items() if k != "attn_dropout"}
+    assert ModelConfig.from_dict(old).attn_dropout == 0.2
 
 
 @pytest.mark.parametrize("kind,opt,field,value", [
