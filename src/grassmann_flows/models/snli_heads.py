@@ -38,7 +38,7 @@ from .mixer.naive import pluecker
 __all__ = [
     "BackboneUnavailableError", "DistilBertNLI", "GrassmannPluckerHead", "HEADS", "TransformerHead",
     "WindowGrassmannMixer", "build_head", "build_snli_model", "load_backbone", "nli_inputs",
-    "scale_bands", "window_pairs", "window_partners",
+    "pair_mlp", "scale_bands", "siamese_logits", "window_pairs", "window_partners",
 ]
 
 Encoding = Literal["separate", "pair"]
