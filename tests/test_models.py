@@ -213,8 +213,11 @@ def test_repeated_tokens_give_finite_gradients(combo):
 # --------------------------------------------------- 1b. fast == naive, model level
 
 MODEL_CASES = [
-    ("paper", 6, {}),                                           # paper_postln, extra_proj out, six offsets
+    ("paper", 6, {}),                                           # paper_postln, extra_proj g, six offsets
     ("paper", 12, {}),                                          # one offset per layer (1,1,2,2,...,16,16)
+    ("paper", 6, {"extra_proj": "out"}),
+    ("preln_all_offsets", 6, {"extra_proj": "g", "aggregation": "sum", "empty_value": "bias"}),
+    ("preln_per_layer", 12, {"extra_proj": "g", "norm_order": "average_first"}),
     ("preln_all_offsets", 6, {}),                               # pre-LN, mixer_norm
     ("preln_all_offsets", 12, {"aggregation": "sum"}),          # duplicates count twice
     ("preln_per_layer", 6, {}),                                 # empty_value bias
@@ -332,6 +335,68 @@ def test_fast_features_float32_near_parallel_pairs():
     assert fast32 < 10 * naive32, f"float32 fast {fast32:.1e} vs naive {naive32:.1e}"
 
 
+# ------------------------------------------------------------------- 1c. dropout sites
+
+
+def _noise_sites(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
+    """Where randomness enters a train-mode forward: the innermost modules whose inputs are
+    equal in two forwards with different seeds but whose output is not, each with the
+    fraction of its output elements that changed."""
+    runs = []
+    for seed in (1, 2):
+        rec: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        hooks = [
+            m.register_forward_hook(lambda m, i, o, name=name: rec.__setitem__(
+                name, ([t.clone() for t in i if torch.is_tensor(t)], o.detach().clone())))
+            for name, m in model.named_modules() if name
+        ]
+        torch.manual_seed(seed)
+        model(ids)
+        for h in hooks:
+            h.remove()
+        runs.append(rec)
+    a, b = runs
+    sites = {
+        name: (a[name][1] != b[name][1]).double().mean().item()
+        for name in a
+        if all(torch.equal(x, y) for x, y in zip(a[name][0], b[name][0])) and not torch.equal(a[name][1], b[name][1])
+    }
+    return {n: f for n, f in sites.items() if not any(o.startswith(n + ".") for o in sites)}
+
+
+@pytest.mark.parametrize("kind,rates,expected", [
+    ("transformer", {"attn_dropout": 0.5}, "backbone.blocks.0.mixer"),      # SDPA: probabilities
+    ("transformer", {"ffn_dropout": 0.5}, "backbone.blocks.0.ffn.drop"),   # the d_ff-wide hidden layer
+    ("grassmann", {"ffn_dropout": 0.5}, "backbone.blocks.0.ffn.drop"),
+    ("transformer", {"dropout": 0.5}, "backbone.drop"),                    # embedding (first of its sites)
+    ("transformer", {}, None),
+    ("grassmann", {"attn_dropout": 0.5}, None),                            # no attention: dropped
+])
+def test_dropout_sites(kind, rates, expected):
+    """Each rate drops exactly its own activations: count what two train-mode forwards with
+    different seeds change where their inputs agree."""
+    opts = {"dropout": 0.0, "attn_dropout": 0.0, "ffn_dropout": 0.0, **rates}
+    model = randomize_(small_lm(kind, "paper", 1, **opts), seed=3).train()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0))
+    sites = _noise_sites(model, ids)
+    assert set(sites) == ({expected} if expected else set()), sites
+    if expected and isinstance(model.get_submodule(expected), torch.nn.Dropout):
+        # an element differs where exactly one of the two masks dropped it: 2 p (1 - p) = 0.5
+        assert 0.35 < sites[expected] < 0.65, sites
+
+
+@pytest.mark.parametrize("preset", ("paper", "preln_all_offsets", "preln_per_layer"))
+@pytest.mark.parametrize("kind", ("transformer", "grassmann"))
+def test_presets_drop_what_their_reproduction_drops(kind, preset):
+    """Beyond embedding and branch dropout (off here): no preset drops attention
+    probabilities; only alphaXiv's (`preln_all_offsets`) drops the FFN hidden layer."""
+    model = randomize_(small_lm(kind, preset, 6, dropout=0.0), seed=3).train()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0))
+    expect = {"backbone.blocks.0.ffn.drop"} if preset == "preln_all_offsets" else set()
+    assert set(_noise_sites(model, ids)) == expect
+    assert model.cfg.attn_dropout == 0.0
+
+
 # ------------------------------------------------------------------------ 2. causality
 
 CAUSAL_L = 24
@@ -397,13 +462,51 @@ def test_paper_parameter_counts(kind, n_layers, n_positions, expected):
     assert model.backbone.tok_emb.weight.shape == (30522, 256)
 
 
+@pytest.mark.parametrize("placement", ("g", "out", "in"))
 @pytest.mark.parametrize("n_layers", (6, 12))
-def test_extra_projection_is_one_linear_per_layer(n_layers):
-    with_extra = count_parameters(build_model("grassmann", preset="paper", n_layers=n_layers, n_positions=128))
+def test_extra_projection_is_one_linear_per_layer(n_layers, placement):
+    with_extra = count_parameters(
+        build_model("grassmann", preset="paper", n_layers=n_layers, n_positions=128, extra_proj=placement)
+    )
     without = count_parameters(
         build_model("grassmann", preset="paper", n_layers=n_layers, n_positions=128, extra_proj="none")
     )
     assert with_extra - without == EXTRA_LINEAR * n_layers
+
+
+@pytest.mark.parametrize("impl", ("naive", "fast"))
+@pytest.mark.parametrize("opts", [{}, {"aggregation": "sum", "empty_value": "bias"}], ids=("mean", "sum-bias"))
+def test_g_projection_is_the_paper_mixer_with_w_plu_factorised(impl, opts):
+    """extra_proj="g" computes the paper's equations with W_plü' = W_g W_plü, b_plü' = W_g b_plü + b_g:
+    a model without the extra Linear, given those weights, has the same logits (float64). Under the
+    mean, g' = W_g g + b_g where an offset is valid and stays 0 at the empty first position."""
+    with_g = randomize_(small_lm("grassmann", "paper", 2, mixer_impl=impl, extra_proj="g", **opts), seed=6)
+    plain = small_lm("grassmann", "paper", 2, mixer_impl=impl, extra_proj="none", **opts)
+    state = {k: v for k, v in with_g.state_dict().items() if ".g_proj." not in k}
+    for i, blk in enumerate(with_g.backbone.blocks):
+        Wg, bg, proj = blk.mixer.g_proj.weight, blk.mixer.g_proj.bias, blk.mixer.proj[0]
+        state[f"backbone.blocks.{i}.mixer.proj.0.weight"] = Wg @ proj.weight
+        state[f"backbone.blocks.{i}.mixer.proj.0.bias"] = Wg @ proj.bias + bg
+    plain.load_state_dict(state)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 19), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_rel_close(with_g(ids), plain(ids), "logits")
+        if not opts:
+            mixer = with_g.backbone.blocks[0].mixer
+            z = torch.randn(2, 19, SMALL["reduced_dim"], dtype=DT, generator=torch.Generator().manual_seed(3))
+            g = mixer.features(z)
+            mixer.g_proj, saved = None, mixer.g_proj
+            g_plain = mixer.features(z)
+            mixer.g_proj = saved
+            assert torch.equal(g[:, 0], torch.zeros_like(g[:, 0]))  # t = 0 has no partner
+            assert_rel_close(g[:, 1:], saved(g_plain[:, 1:]), "W_g g + b_g")
+
+
+def test_paper_preset_projects_g():
+    """The paper preset's extra Linear sits on g (technical.md §2.2), not on the blend."""
+    mixer = build_model("grassmann", preset="paper", n_layers=6, n_positions=128).backbone.blocks[0].mixer
+    assert mixer.cfg.extra_proj == "g"
+    assert mixer.g_proj is not None and mixer.out_proj is None and mixer.in_proj is None
 
 
 def test_count_parameters_counts_tied_head_once():
@@ -541,6 +644,9 @@ def test_classifier_trains_on_tiny_batch(kind):
     ("grassmann", {"reduced_dim": 1}),
     ("grassmann", {"pairing": "both"}),  # a causal LM must not pair with the future
     ("transformer", {"d_model": 30}),  # not divisible by 4 heads
+    ("transformer", {"attn_dropout": 1.0}),
+    ("grassmann", {"ffn_dropout": -0.1}),
+    ("grassmann", {"dropout": 1.5}),
 ])
 def test_bad_options_raise(kind, options):
     with pytest.raises(ValueError):
@@ -563,7 +669,7 @@ def test_good_options_resolve():
     cfg = resolve_config("grassmann", preset="paper", n_layers=12, mixer_impl="naive", norm_eps=1e-5)
     assert cfg.mixer.impl == "naive" and cfg.mixer.norm_eps == 1e-5
     assert cfg.mixer.schedule == "per_layer" and cfg.mixer.offsets == (1, 1, 2, 2, 4, 4, 8, 8, 12, 12, 16, 16)
-    assert cfg.block == "paper_postln" and cfg.mixer.extra_proj == "out"
+    assert cfg.block == "paper_postln" and cfg.mixer.extra_proj == "g"
     assert [cfg.layer_offsets(i) for i in (0, 11)] == [(1,), (16,)]
     # explicit options override the preset
     assert resolve_config("grassmann", preset="paper", block="preln").block == "preln"
@@ -573,6 +679,35 @@ def test_good_options_resolve():
     assert build_classifier("grassmann", **CLS).cfg.mixer.pairing == "both"
     # a config round-trips through its dict form
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # a Transformer config saved before attn_dropout existed ran attention dropout at `dropout`
+    old = {k: v for k, v in resolve_config("transformer", dropout=0.2).to_dict().items() if k != "attn_dropout"}
+    assert ModelConfig.from_dict(old).attn_dropout == 0.2
+
+
+@pytest.mark.parametrize("kind,opt,field,value", [
+    ("transformer", "block=postln", "block", "postln"),          # the post-LN Transformer control
+    ("grassmann", "extra_proj=none", "extra_proj", "none"),      # the Grassmann without the extra Linear
+    ("transformer", "attn_dropout=0.1", "attn_dropout", 0.1),
+    ("grassmann", "ffn_dropout=0.2", "ffn_dropout", 0.2),
+])
+def test_controls_pass_through_opt_into_the_recorded_config(kind, opt, field, value):
+    """`--opt KEY=VALUE` as train.py parses it overrides the paper preset, the built model
+    follows it, and the config dict saved with the run records it."""
+    from grassmann_flows.runs import parse_option
+
+    options = dict([parse_option(opt)], n_layers=2, n_positions=32, vocab_size=50, d_model=16, d_ff=32)
+    cfg = resolve_config(kind, "paper", **options)
+    recorded = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert getattr(recorded.mixer if field == "extra_proj" else recorded, field) == value
+    block = build_model(kind, "paper", **options).backbone.blocks[0]
+    if field == "block":
+        assert block.layout == "postln"
+    elif field == "extra_proj":
+        assert (block.mixer.g_proj, block.mixer.out_proj, block.mixer.in_proj) == (None, None, None)
+    elif field == "attn_dropout":
+        assert block.mixer.dropout == value
+    else:
+        assert block.ffn.drop.p == value
 
 
 def test_per_offset_projection_with_fast_warns_and_runs_naive():

@@ -7,6 +7,8 @@ The paper-size heads are only built for the parameter counts.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +22,14 @@ from grassmann_flows.data.distilbert_features import (
     build_feature_cache,
     cached_feature_splits,
 )
+from grassmann_flows import train_snli
 from grassmann_flows.models.lm import count_parameters
+from grassmann_flows.models.mixer.naive import pluecker
 from grassmann_flows.models.snli_heads import (
     BackboneUnavailableError,
     GrassmannPluckerHead,
     TransformerHead,
+    WindowGrassmannMixer,
     build_head,
     build_snli_model,
     load_backbone,
@@ -38,6 +43,16 @@ DIM = 32  # tiny backbone width = the heads' input width in these tests
 VOCAB = 100
 SMALL_G = dict(d_model=32, reduced_dim=8, d_ff=64)  # windows 8/8, 4 heads, 2 layers as the paper
 SMALL_T = dict(d_model=32, d_ff=64)
+# The head variants: the Transformer head attending across both sentences ("joint"), the same
+# head encoding each sentence alone with the Grassmann head's classifier ("siamese"), and Grassmann.
+HEAD_KINDS = ["transformer", "transformer-siamese", "grassmann"]
+
+
+def small_head(kind: str, **options):
+    if kind == "grassmann":
+        return build_head("grassmann", in_dim=DIM, **SMALL_G, **options)
+    combine = "siamese" if kind.endswith("siamese") else "joint"
+    return build_head("transformer", in_dim=DIM, combine=combine, **SMALL_T, **options)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -134,10 +149,14 @@ def test_mixing_heads_are_distance_bands():
 # ----------------------------------------------------------------------------- heads
 
 
-@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+@pytest.mark.parametrize("kind", HEAD_KINDS)
 @pytest.mark.parametrize("encoding", ["separate", "pair"])
 def test_heads_give_three_logits(kind, encoding):
-    head = build_head(kind, in_dim=DIM, encoding=encoding, **(SMALL_G if kind == "grassmann" else SMALL_T)).eval()
+    if kind == "transformer-siamese" and encoding == "pair":
+        with pytest.raises(ValueError, match="separate"):  # one pair sequence has no two sentences
+            small_head(kind, encoding=encoding)
+        return
+    head = small_head(kind, encoding=encoding).eval()
     p, pm = random_features(4, 12, seed=1)
     h, hm = random_features(4, 9, seed=2)  # sentences of different padded lengths
     out = head(p, pm, h, hm) if encoding == "separate" else head(p, pm)
@@ -146,9 +165,9 @@ def test_heads_give_three_logits(kind, encoding):
         head(p, pm) if encoding == "separate" else head(p, pm, h, hm)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+@pytest.mark.parametrize("kind", HEAD_KINDS)
 def test_heads_ignore_padded_positions(kind):
-    head = build_head(kind, in_dim=DIM, **(SMALL_G if kind == "grassmann" else SMALL_T)).eval()
+    head = small_head(kind).eval()
     p, pm = random_features(3, 16, seed=3)
     h, hm = random_features(3, 16, seed=4)
     ref = head(p, pm, h, hm)
@@ -156,10 +175,10 @@ def test_heads_ignore_padded_positions(kind):
     torch.testing.assert_close(head(noisy[0], pm, noisy[1], hm), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "grassmann"])
+@pytest.mark.parametrize("kind", HEAD_KINDS)
 def test_heads_train_on_a_tiny_batch(kind):
     torch.manual_seed(0)
-    head = build_head(kind, in_dim=DIM, **(SMALL_G if kind == "grassmann" else SMALL_T))
+    head = small_head(kind)
     p, pm = random_features(8, 10, seed=5)
     h, hm = random_features(8, 10, seed=6)
     y = torch.arange(8) % 3
@@ -172,6 +191,23 @@ def test_heads_train_on_a_tiny_batch(kind):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_siamese_transformer_head_encodes_apart_and_shares_the_grassmann_classifier():
+    """u and v come from each sentence alone (no attention across them, no segment embedding),
+    and the classifier is built exactly as the Grassmann head's: MLP on [u; v; |u-v|; u*v]."""
+    torch.manual_seed(0)
+    head = small_head("transformer-siamese").double().eval()
+    p, pm = random_features(3, 12, seed=1)
+    h, hm = random_features(3, 7, seed=2)
+    p, h = p.double(), h.double()
+    u, v = head.encode(p, pm), head.encode(h, hm)
+    expect = head.classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+    torch.testing.assert_close(head(p, pm, h, hm), expect, rtol=1e-12, atol=1e-12)
+    grassmann = small_head("grassmann")
+    assert [(type(m), getattr(m, "weight", torch.empty(0)).shape) for m in head.classifier] == [
+        (type(m), getattr(m, "weight", torch.empty(0)).shape) for m in grassmann.classifier]
+    assert head.embed.seg is None
 
 
 def test_grassmann_features_equal_explicit_pluecker_projection():
@@ -187,6 +223,57 @@ def test_grassmann_features_equal_explicit_pluecker_projection():
     nonempty = p_mean.abs().sum(-1, keepdim=True) > 0
     ref = torch.einsum("nlhp,hdp->nlhd", p_mean, W.view(H, -1, W.shape[1])) + b.view(H, -1) * nonempty
     torch.testing.assert_close(mixer.features(z, mask), ref.flatten(-2), rtol=1e-10, atol=1e-10)
+
+
+def explicit_window_features(mixer: WindowGrassmannMixer, z: torch.Tensor) -> torch.Tensor:
+    """Reference for `mixer.features` without padding, pair by pair: the Plücker vector of
+    every window pair, normalised (clamp), averaged over its head's distance band,
+    projected by the head's rows of W_plü. z: (N, L, r) -> (N, L, d) in z's dtype."""
+    N, L, r = z.shape
+    H = mixer.n_heads
+    W, b = mixer.proj[0].weight.to(z.dtype), mixer.proj[0].bias.to(z.dtype)
+    Wh, bh = W.view(H, -1, W.shape[1]), b.view(H, -1)
+    head_of = {d: h for h, band in enumerate(scale_bands(mixer.window, H)) for d in band}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for t, s in window_pairs(L, mixer.window, mixer.stride).tolist():
+        groups.setdefault((t, head_of[abs(t - s)]), []).append(s)
+    out = torch.zeros(N, L, H, Wh.shape[1], dtype=z.dtype)
+    for (t, h), ss in groups.items():
+        p = pluecker(z[:, t : t + 1].expand(N, len(ss), r), z[:, ss])  # (N, pairs, P)
+        p = p / torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(mixer.cfg.norm_eps)
+        out[:, t, h] = p.mean(1) @ Wh[h].T + bh[h]
+    return out.flatten(-2)
+
+
+def test_grassmann_features_equal_pair_by_pair_reference():
+    torch.manual_seed(0)
+    mixer = WindowGrassmannMixer(32, 8, window=8, stride=4, n_heads=4, norm_eps=1e-6).double()
+    z = torch.randn(2, 19, 8, dtype=torch.float64)
+    torch.testing.assert_close(mixer.features(z), explicit_window_features(mixer, z), rtol=1e-10, atol=1e-10)
+
+
+def test_grassmann_features_float32_near_parallel_pairs():
+    """Nearly parallel tokens (sin ~ 1e-3, e.g. a reduction bias dominating W_red h): the
+    float32 head is about as accurate as the float32 pair-by-pair path. Lagrange's
+    |u|^2|v|^2 - (u.v)^2 loses ~1/sin^2 of the angle here and fails this."""
+    r, d, L = 32, 64, 24
+    torch.manual_seed(0)
+    mixer = WindowGrassmannMixer(d, r, window=8, stride=8, n_heads=4, norm_eps=1e-6).double()
+    with torch.no_grad():
+        mixer.proj[0].weight.normal_(0, 0.05)
+        mixer.proj[0].bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 1, r, dtype=torch.float64, generator=gen) + 1e-3 * torch.randn(
+        2, L, r, dtype=torch.float64, generator=gen)
+    ref = explicit_window_features(mixer, z)
+
+    def rel32(g: torch.Tensor) -> float:
+        return ((g.double() - ref).abs().max() / ref.abs().max()).item()
+
+    naive32 = rel32(explicit_window_features(mixer.float(), z.float()))
+    fast32 = rel32(mixer.float().features(z.float()))
+    assert naive32 < 1e-3
+    assert fast32 < 10 * naive32, f"float32 head {fast32:.1e} vs pair-by-pair {naive32:.1e}"
 
 
 def test_grassmann_pluecker_features_nonzero_and_order_sensitive():
@@ -211,13 +298,13 @@ def test_grassmann_pluecker_features_nonzero_and_order_sensitive():
     torch.testing.assert_close(feats2[0][:, 16:], feats[0][:, 16:])
 
 
-@pytest.mark.parametrize("encoding", ["separate", "pair"])
-def test_paper_size_parameter_counts_match_within_5_percent(encoding):
-    n_t = count_parameters(TransformerHead(encoding=encoding))
+@pytest.mark.parametrize("encoding,combine", [("separate", "joint"), ("separate", "siamese"), ("pair", "joint")])
+def test_paper_size_parameter_counts_match_within_1_percent(encoding, combine):
+    n_t = count_parameters(TransformerHead(encoding=encoding, combine=combine))
     n_g = count_parameters(GrassmannPluckerHead(encoding=encoding))
-    print(f"\nparameters at 768 input ({encoding}): TransformerHead {n_t:,}  "
+    print(f"\nparameters at 768 input ({encoding}): TransformerHead ({combine}) {n_t:,}  "
           f"GrassmannPluckerHead {n_g:,}  ({100 * (n_t - n_g) / n_g:+.2f}%)")
-    assert abs(n_t - n_g) / n_g < 0.05
+    assert abs(n_t - n_g) / n_g < 0.01
     mixer = GrassmannPluckerHead().layers[0].mixer
     assert mixer.proj[0].in_features == 2016  # d_proj = 64 -> C(64, 2) Plücker coordinates
 
@@ -283,3 +370,44 @@ def test_load_backbone_from_a_local_directory(tmp_path, monkeypatch):
     backbone.save_pretrained(tmp_path / "distilbert")
     loaded = load_backbone(str(tmp_path / "distilbert"))
     assert backbone_fingerprint(loaded) == backbone_fingerprint(backbone)
+
+
+# ----------------------------------------------------------------------------- train_snli --mode distilbert
+
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory) -> Path:
+    """A tiny DistilBERT over the bert-base-uncased vocabulary, saved as a local directory."""
+    path = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=30522, dim=DIM, n_layers=1, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=64)
+    DistilBertModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_distilbert_run_records_its_head_not_the_lm_settings(tmp_path, backbone_dir):
+    """results.json: the head's 2 layers, no preset, the Transformer head's layout; config.json
+    keeps the layout so eval_snli rebuilds the same head."""
+    out = tmp_path / "run"
+    args = ["--mode", "distilbert", "--model", "transformer", "--transformer-head", "siamese",
+            "--backbone", str(backbone_dir), "--data-dir", str(FIXTURE_DATA), "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(out), "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "2",
+            "--eval-max-batches", "1", "--device", "cpu"]
+    assert train_snli.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["n_layers"], results["preset"], results["transformer_head"]) == (2, None, "siamese")
+    assert results["params"] == count_parameters(TransformerHead(in_dim=DIM, combine="siamese"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["distilbert"]["combine"] == "siamese"
+
+
+@pytest.mark.parametrize("extra", [["--mode", "distilbert", "--model", "grassmann"], ["--model", "transformer"]])
+def test_transformer_head_flag_outside_the_distilbert_transformer_is_refused(tmp_path, capsys, extra):
+    args = [*extra, "--transformer-head", "siamese", "--data-dir", str(FIXTURE_DATA),
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "run")]
+    assert train_snli.main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--transformer-head" in err[0], err

@@ -105,8 +105,9 @@ def distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache
     Frozen backbone: only the head trains, on token features cached once per split
     (so checkpoints hold the head alone). Fine-tuned: the whole model on token ids.
     """
+    options = {"combine": head["combine"]} if head.get("combine") else {}  # Transformer head only
     model = build_snli_model(head["head"], head["backbone"], finetune_backbone=head["finetune_backbone"],
-                             encoding=head["encoding"])
+                             encoding=head["encoding"], **options)
     if head["finetune_backbone"]:
         return model, SNLITask(splits, _head_forward)
     feats = cached_feature_splits(model.backbone.to(device), {k: ds.arrays for k, ds in splits.items()}, cache_dir)
@@ -134,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-backbone", action="store_true", help="distilbert mode: train the backbone too")
     p.add_argument("--encoding", default="separate", choices=("separate", "pair"),
                    help="distilbert mode: premise and hypothesis as two 48-token inputs (paper) or one pair")
+    p.add_argument("--transformer-head", default=None, choices=("joint", "siamese"),
+                   help="distilbert mode, --model transformer: attend across both sentences and end in a "
+                        "linear layer (joint, default), or encode each alone and end in the Grassmann head's "
+                        "MLP on [u; v; |u-v|; u*v] (siamese)")
     add_dataclass_args(p, SNLIDataConfig, skip=("encoding", "sent_len"))
     add_dataclass_args(p, TrainConfig)
     return p
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                "data_dir": str(data_dir)}
     torch.manual_seed(train_cfg.seed)
     if args.mode == "scratch":
+        if args.transformer_head:
+            raise ValueError("--transformer-head configures the DistilBERT Transformer head (--mode distilbert)")
         from .data.tokenizers import load_tokenizer
 
         options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
@@ -171,15 +178,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.opt or args.mixer_impl:
             raise ValueError("--opt and --mixer-impl configure the from-scratch encoders (--mode scratch); "
                              "the DistilBERT heads are set up in models/snli_heads.py")
+        combine = None
+        if args.model == "transformer":
+            combine = args.transformer_head or "joint"
+        elif args.transformer_head:
+            raise ValueError("--transformer-head picks the Transformer head's layout; the Grassmann head "
+                             "is always siamese")
         name = f"{args.model}_snli_distilbert_s{train_cfg.seed}" + (f"_{args.tag}" if args.tag else "")
+        if combine == "siamese":  # a different model: never share a run directory with the joint head
+            name += "_siamese"
         head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
-                "encoding": args.encoding}
+                "encoding": args.encoding, "combine": combine}
         data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
                                   max_len=2 * 48)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
         model, task = distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
         model_info = {"distilbert": head}
-        summary["seq_len"] = data_cfg.sent_len
+        # The head's own depth; no LM preset shapes it.
+        summary.update(seq_len=data_cfg.sent_len, preset=None, transformer_head=combine,
+                       n_layers=getattr(model, "head", model).n_layers)
     for split, ds in splits.items():
         info(f"snli {split}: {len(ds):,} pairs ({data_cfg.encoding} encoding)")
     out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name

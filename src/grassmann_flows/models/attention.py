@@ -47,7 +47,10 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """x (B, L, d) -> (B, L, d); causal for the LM, key-padding-masked for encoders."""
+    """x (B, L, d) -> (B, L, d); causal for the LM, key-padding-masked for encoders.
+
+    dropout: the rate on the attention probabilities in training (`attn_dropout`).
+    """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool) -> None:
         super().__init__()

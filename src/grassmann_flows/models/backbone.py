@@ -14,16 +14,17 @@ from .mixer import GrassmannMixer
 
 
 class FeedForward(nn.Module):
-    """Linear(d, d_ff) -> GELU -> Linear(d_ff, d). x: (B, L, d) -> (B, L, d)."""
+    """Linear(d, d_ff) -> GELU -> Dropout(hidden_dropout) -> Linear(d_ff, d). x: (B, L, d) -> (B, L, d)."""
 
-    def __init__(self, d_model: int, d_ff: int) -> None:
+    def __init__(self, d_model: int, d_ff: int, hidden_dropout: float = 0.0) -> None:
         super().__init__()
         self.up = nn.Linear(d_model, d_ff)
         self.act = nn.GELU()
+        self.drop = nn.Dropout(hidden_dropout)
         self.down = nn.Linear(d_ff, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.up(x)))
+        return self.down(self.drop(self.act(self.up(x))))
 
 
 class Block(nn.Module):
@@ -40,7 +41,7 @@ class Block(nn.Module):
         windowed Grassmann mixer), with the same forward(x, pad_mask) signature."""
         super().__init__()
         if mixer is None and cfg.kind == "transformer":
-            mixer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.causal)
+            mixer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout, cfg.causal)
         elif mixer is None:
             mixer = GrassmannMixer(cfg.d_model, cfg.mixer, cfg.layer_offsets(layer))
         self.mixer = mixer
@@ -48,7 +49,7 @@ class Block(nn.Module):
         self.layout = "postln" if cfg.kind == "transformer" and cfg.block == "paper_postln" else cfg.block
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.ffn_dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None, state: Any = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "empty_value": ("zero", "bias"),
     "projection": ("shared", "per_offset"),
     "gate_output": ("blend", "residual"),
-    "extra_proj": ("none", "out", "in"),
+    "extra_proj": ("none", "g", "out", "in"),
     "impl": ("naive", "fast", "fused"),
     "kind": ("transformer", "grassmann"),
     "block": ("preln", "postln", "paper_postln"),
@@ -56,8 +56,11 @@ class MixerConfig:
         counts) or one per offset.
     gate_output: "blend" alpha*h + (1-alpha)*g (paper) or "residual" h + alpha*g.
     mixer_norm: a LayerNorm inside the mixer after the gate (alphaXiv reproduction).
-    extra_proj: one extra d x d Linear per mixer: "out" on the mixer output, "in" on
-        its input, or "none". The paper's 13.00M / 18.16M need exactly one.
+    extra_proj: one extra d x d Linear per mixer, or "none". The paper's 13.00M / 18.16M
+        need exactly one. "g" projects g before the gate: W_plü -> W_g W_plü and
+        b_plü -> W_g b_plü + b_g, a reparametrisation that leaves the function of
+        the paper's equations unchanged. "out" acts on the mixer output (the blend,
+        so the h path too); "in" on its input (so h in the blend is W_in h + b_in).
     impl: "naive" (literal per-offset reference), "fast" (exact collapsed rewrite),
         "fused" (Triton kernel of the collapsed rewrite).
     """
@@ -92,6 +95,10 @@ class ModelConfig:
         literal Grassmann block (blend -> LN -> dropout -> LN(h + FFN(h)), no
         residual around the mixer). For the Transformer, "paper_postln" = "postln".
     init: "pytorch" (module defaults) or "gpt2" (N(0, 0.02) weights, zero biases).
+    dropout: the rate on the embedding output and on each block's mixer and FFN branch.
+    attn_dropout: dropout on the attention probabilities (the Transformer only; a
+        Grassmann model has no attention and keeps 0).
+    ffn_dropout: dropout on the FFN hidden activations, after the GELU.
     n_positions: rows of the learned position table; the paper's 17.32M / 18.16M
         counts imply 128 rows even at block size 256.
     causal: False for the SNLI encoders (bidirectional attention, pairs both ways).
@@ -104,6 +111,8 @@ class ModelConfig:
     n_heads: int = 4
     d_ff: int = 1024
     dropout: float = 0.1
+    attn_dropout: float = 0.0
+    ffn_dropout: float = 0.0
     n_positions: int = 256
     block: str = "preln"
     init: str = "gpt2"
@@ -132,6 +141,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
+        if d.get("kind") == "transformer" and "attn_dropout" not in d:
+            # Configs written before the field existed dropped attention probabilities at `dropout`.
+            d["attn_dropout"] = d.get("dropout", cls.dropout)
         mixer = dict(d.pop("mixer", {}))
         if "offsets" in mixer:
             mixer["offsets"] = tuple(mixer["offsets"])
@@ -165,6 +177,9 @@ def validate(cfg: ModelConfig) -> ModelConfig:
             if allowed is not None and getattr(obj, f.name) not in allowed:
                 raise ValueError(f"{f.name}={getattr(obj, f.name)!r}: expected one of {allowed}")
     m = cfg.mixer
+    for name in ("dropout", "attn_dropout", "ffn_dropout"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ValueError(f"{name}={getattr(cfg, name)}: expected a rate in [0, 1)")
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
     if not m.offsets or any(o <= 0 for o in m.offsets):

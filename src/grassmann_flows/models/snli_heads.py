@@ -5,7 +5,8 @@ DistilBERT-base-uncased turns each sentence into contextual token features
 
 - `TransformerHead`: 2 pre-LN self-attention blocks over the tokens of both
   sentences together (segment + position embeddings, key-padding mask), masked
-  mean pooling, a final linear layer (the paper's "final linear layer").
+  mean pooling, a final linear layer (the paper's "final linear layer"); or, with
+  combine="siamese", over each sentence alone with the Grassmann head's classifier.
 - `GrassmannPluckerHead`: 2 Grassmann mixing layers per sentence, pairing tokens
   inside windows of 8 (stride 8) as 2-planes in R^64 (2,016 Plücker coordinates),
   4 mixing heads that group the pairs by distance, the paper's gated blend and
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 import torch.nn as nn
@@ -37,10 +38,11 @@ from .mixer.naive import pluecker
 __all__ = [
     "BackboneUnavailableError", "DistilBertNLI", "GrassmannPluckerHead", "HEADS", "TransformerHead",
     "WindowGrassmannMixer", "build_head", "build_snli_model", "load_backbone", "nli_inputs",
-    "scale_bands", "window_pairs", "window_partners",
+    "pair_mlp", "scale_bands", "siamese_logits", "window_pairs", "window_partners",
 ]
 
 Encoding = Literal["separate", "pair"]
+Combine = Literal["joint", "siamese"]
 N_CLASSES = 3
 DEFAULT_BACKBONE = "distilbert-base-uncased"
 
@@ -169,8 +171,8 @@ class WindowGrassmannMixer(GrassmannMixer):
     2016 -> d projection. A head with no valid pair at t contributes 0 there.
 
     The bilinear rewrite of mixer/fast.py keeps it cheap: mean_s p_hat(z_t, z_s) =
-    z_t ∧ w_t with w_t = sum_s z_s / (n |z_t ∧ z_s|), and |z_t ∧ z_s| comes from
-    Lagrange's identity, so no per-pair Plücker vector is ever formed.
+    z_t ∧ w_t with w_t = sum_s z_s / (n |z_t ∧ z_s|), and |z_t ∧ z_s| = |z_t| |z_s,perp|
+    (z_s less its component along z_t), so no per-pair Plücker vector is ever formed.
     """
 
     def __init__(self, d_model: int, reduced_dim: int, window: int, stride: int,
@@ -186,9 +188,10 @@ class WindowGrassmannMixer(GrassmannMixer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Partners and per-head averaging weights of the normalised pairs.
 
-        z: (N, L, r). Returns partners zs (N, L, K, r), weights c (N, L, K, H) with
+        z: (N, L, r). Returns partners zs (N, L, K, r), each with its component along
+        z_t removed (z_t ∧ z_s is unchanged), weights c (N, L, K, H) with
         mean_{s in head h} p_hat(z_t, z_s) = sum_k c[..., k, h] p(z_t, zs_k), and
-        nonempty (N, L, H), all in float32 or wider (the norm difference cancels).
+        nonempty (N, L, H), all in float32 or wider.
         """
         N, L, _ = z.shape
         partner, valid, head = window_partners(L, self.window, self.stride, self.n_heads, z.device)
@@ -198,8 +201,13 @@ class WindowGrassmannMixer(GrassmannMixer):
         if pad_mask is not None:
             real = pad_mask.bool()
             ok = ok & real[:, partner] & real[:, :, None]
-        # Lagrange: |u ∧ v|^2 = |u|^2 |v|^2 - (u.v)^2; clamping |p| at eps as the LM mixer does
-        n2 = (u * u).sum(-1, keepdim=True) * (zs * zs).sum(-1) - torch.einsum("nlr,nlkr->nlk", u, zs) ** 2
+        # As in the LM mixer (mixer/fast.py): u ∧ v = u ∧ v_perp with v_perp = v - (u.v/|u|^2) u,
+        # and |u ∧ v|^2 = |u|^2 |v_perp|^2 has none of the cancellation of Lagrange's
+        # |u|^2 |v|^2 - (u.v)^2 for nearly parallel tokens. |p| is clamped at eps as there.
+        uu = (u * u).sum(-1, keepdim=True)  # (N, L, 1)
+        along = torch.einsum("nlr,nlkr->nlk", u, zs) / uu.clamp_min(torch.finfo(u.dtype).tiny)
+        zs = zs - along.unsqueeze(-1) * u.unsqueeze(2)
+        n2 = uu * (zs * zs).sum(-1)
         inv_norm = n2.clamp_min(self.cfg.norm_eps**2).rsqrt()
         in_head = ok.unsqueeze(-1) & (head.unsqueeze(-1) == torch.arange(self.n_heads, device=z.device))
         in_head = in_head.to(u.dtype)  # (N, L, K, H)
@@ -278,6 +286,26 @@ def _check_inputs(encoding: str, hypothesis: torch.Tensor | None) -> None:
         raise ValueError("encoding='separate' takes a premise and a hypothesis")
 
 
+def pair_mlp(d_model: int, dropout: float, encoding: Encoding) -> nn.Sequential:
+    """The siamese classifier: MLP on [u; v; |u-v|; u*v] (B, 4d) ("separate") or on the pooled
+    pair (B, d) ("pair"): Linear -> GELU -> Dropout -> Linear to 3 logits."""
+    n_in = 4 * d_model if encoding == "separate" else d_model
+    return nn.Sequential(nn.Linear(n_in, d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, N_CLASSES))
+
+
+def siamese_logits(
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], classifier: nn.Module,
+    premise: torch.Tensor, premise_mask: torch.Tensor, hypothesis: torch.Tensor, hypothesis_mask: torch.Tensor,
+) -> torch.Tensor:
+    """classifier([u; v; |u-v|; u*v]) with u, v = encode(sentence (B, L, in), mask (B, L)) -> (B, d),
+    both sentences in one batch through the shared weights. Returns (B, 3)."""
+    L = max(premise.shape[1], hypothesis.shape[1])
+    x = torch.cat([_pad_to(premise, L), _pad_to(hypothesis, L)])
+    mask = torch.cat([_pad_to(premise_mask, L), _pad_to(hypothesis_mask, L)])
+    u, v = encode(x, mask).chunk(2)
+    return classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+
+
 class GrassmannPluckerHead(nn.Module):
     """(premise (B, Lp, in), mask, hypothesis (B, Lh, in), mask) -> logits (B, 3).
 
@@ -296,16 +324,14 @@ class GrassmannPluckerHead(nn.Module):
         super().__init__()
         _check_encoding(encoding)
         self.encoding = encoding
+        self.n_layers = n_layers
         self.embed = TokenProjection(in_dim, d_model, n_positions, 0, dropout)
         self.layers = nn.ModuleList(
             _paper_block(d_model, d_ff, dropout,
                          WindowGrassmannMixer(d_model, reduced_dim, window, stride, n_heads, norm_eps))
             for _ in range(n_layers)
         )
-        n_in = 4 * d_model if encoding == "separate" else d_model
-        self.classifier = nn.Sequential(
-            nn.Linear(n_in, d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, N_CLASSES)
-        )
+        self.classifier = pair_mlp(d_model, dropout, encoding)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sentence vectors (B, d) from features x: (B, L, in) and mask (B, L)."""
@@ -321,12 +347,7 @@ class GrassmannPluckerHead(nn.Module):
         _check_inputs(self.encoding, hypothesis)
         if hypothesis is None:
             return self.classifier(self.encode(premise, premise_mask))
-        # Both sentences in one batch through the shared layers.
-        L = max(premise.shape[1], hypothesis.shape[1])
-        x = torch.cat([_pad_to(premise, L), _pad_to(hypothesis, L)])
-        mask = torch.cat([_pad_to(premise_mask, L), _pad_to(hypothesis_mask, L)])
-        u, v = self.encode(x, mask).chunk(2)
-        return self.classifier(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+        return siamese_logits(self.encode, self.classifier, premise, premise_mask, hypothesis, hypothesis_mask)
 
     @torch.no_grad()
     def pluecker_features(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
@@ -348,44 +369,67 @@ class GrassmannPluckerHead(nn.Module):
 class TransformerHead(nn.Module):
     """(premise (B, Lp, in), mask, hypothesis (B, Lh, in), mask) -> logits (B, 3).
 
-    Project to d_model, add positions and a premise/hypothesis segment embedding,
-    concatenate both token sequences, `n_layers` pre-LN bidirectional attention blocks
-    with a key-padding mask, final LayerNorm, masked mean pooling, a linear classifier.
-    d_ff=None takes `MATCHED_D_FF[encoding]`: the Grassmann head's parameter count
-    within 1% at the default sizes (its classifier is smaller for the pair encoding).
+    Project to d_model and add positions, then `n_layers` pre-LN bidirectional attention
+    blocks with a key-padding mask, a final LayerNorm and masked mean pooling.
+    combine="joint": a premise/hypothesis segment embedding, both token sequences
+        concatenated so attention relates the sentences, dropout, a linear classifier.
+    combine="siamese": each sentence alone through the shared blocks, then the Grassmann
+        head's classifier, an MLP on [u; v; |u-v|; u*v] (`pair_mlp`): the control that
+        differs from `GrassmannPluckerHead` only in the token mixer (needs "separate").
+    d_ff=None takes `MATCHED_D_FF`: the Grassmann head's parameter count within 1% at the
+    default sizes. attn_dropout: dropout on the attention probabilities (0, as for the LM
+    presets: the Grassmann head has no such site).
     """
 
-    MATCHED_D_FF = {"separate": 1536, "pair": 1344}
+    # "pair" is the joint head on the pair encoding (the Grassmann head's classifier is smaller there).
+    MATCHED_D_FF = {"joint": 1536, "pair": 1344, "siamese": 1280}
 
     def __init__(
         self, in_dim: int = 768, d_model: int = 256, n_layers: int = 2, n_heads: int = 4,
-        d_ff: int | None = None, dropout: float = 0.1, n_positions: int = 128,
-        encoding: Encoding = "separate",
+        d_ff: int | None = None, dropout: float = 0.1, attn_dropout: float = 0.0, n_positions: int = 128,
+        encoding: Encoding = "separate", combine: Combine = "joint",
     ) -> None:
         super().__init__()
         _check_encoding(encoding)
-        self.encoding = encoding
-        d_ff = self.MATCHED_D_FF[encoding] if d_ff is None else d_ff
-        self.embed = TokenProjection(in_dim, d_model, n_positions, 2, dropout)
+        if combine not in ("joint", "siamese"):
+            raise ValueError(f"combine={combine!r}: expected 'joint' or 'siamese'")
+        if combine == "siamese" and encoding == "pair":
+            raise ValueError("combine='siamese' encodes the two sentences apart: it needs encoding='separate'")
+        self.encoding, self.combine, self.n_layers = encoding, combine, n_layers
+        d_ff = self.MATCHED_D_FF["pair" if encoding == "pair" else combine] if d_ff is None else d_ff
+        self.embed = TokenProjection(in_dim, d_model, n_positions, 2 if combine == "joint" else 0, dropout)
         cfg = ModelConfig(kind="transformer", d_model=d_model, n_heads=n_heads, d_ff=d_ff,
-                          dropout=dropout, block="preln", causal=False)
+                          dropout=dropout, attn_dropout=attn_dropout, block="preln", causal=False)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d_model, N_CLASSES)
+        if combine == "siamese":
+            self.classifier = pair_mlp(d_model, dropout, encoding)
+        else:
+            self.drop = nn.Dropout(dropout)
+            self.classifier = nn.Linear(d_model, N_CLASSES)
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens x (B, L, d), mask (B, L) -> blocks, final LN, masked mean (B, d)."""
+        for block in self.blocks:
+            x = block(x, mask)
+        return masked_mean(self.norm(x), mask)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One sentence alone: sentence vectors (B, d) from features x (B, L, in), mask (B, L)."""
+        return self.pool(self.embed(x), mask)
 
     def forward(
         self, premise: torch.Tensor, premise_mask: torch.Tensor,
         hypothesis: torch.Tensor | None = None, hypothesis_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         _check_inputs(self.encoding, hypothesis)
+        if self.combine == "siamese":
+            return siamese_logits(self.encode, self.classifier, premise, premise_mask, hypothesis, hypothesis_mask)
         x, mask = self.embed(premise, segment=0), premise_mask
         if hypothesis is not None:
             x = torch.cat([x, self.embed(hypothesis, segment=1)], dim=1)
             mask = torch.cat([premise_mask, hypothesis_mask], dim=1)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.classifier(self.drop(masked_mean(self.norm(x), mask)))
+        return self.classifier(self.drop(self.pool(x, mask)))
 
 
 HEADS: dict[str, type[nn.Module]] = {"transformer": TransformerHead, "grassmann": GrassmannPluckerHead}

@@ -42,7 +42,7 @@ class GrassmannMixer(nn.Module):
     Steps (paper §3.2): z = W_red h + b; g = aggregate over valid offsets of
     W_plü p_hat(z_t, z_{t-Delta}) + b_plü; alpha = sigmoid(W_gate [h; g] + b);
     blend alpha*h + (1-alpha)*g (or h + alpha*g). Optional extra d x d projection
-    (in or out) and a LayerNorm inside the mixer, per `MixerConfig`.
+    (of g, of the input or of the output) and a LayerNorm inside the mixer, per `MixerConfig`.
     """
 
     def __init__(self, d_model: int, cfg: MixerConfig, offsets: tuple[int, ...]) -> None:
@@ -55,24 +55,40 @@ class GrassmannMixer(nn.Module):
         self.reduce = nn.Linear(d_model, cfg.reduced_dim)
         n_proj = len(offsets) if cfg.projection == "per_offset" else 1
         self.proj = nn.ModuleList(nn.Linear(P, d_model) for _ in range(n_proj))
+        self.g_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "g" else None
         self.gate = nn.Linear(2 * d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "out" else None
         self.norm = nn.LayerNorm(d_model) if cfg.mixer_norm else None
         self.register_buffer("antisym", antisymmetrizer(cfg.reduced_dim), persistent=False)
 
+    def projections(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The effective (W_plü (d, P), b_plü (d,)) of each projection, one per projection.
+
+        With extra_proj="g" the Linear on g is folded in: W_g W_plü and W_g b_plü + b_g.
+        Every projected term W_plü p_hat + b_plü is then mapped by W_g x + b_g before the
+        aggregation, which for the mean equals W_g g + b_g wherever an offset is valid,
+        and keeps g_t = 0 (empty_value="zero") where none is: the paper's equations with
+        W_plü factorised, not a new function. Costs one (d, d) x (d, P) product per call.
+        """
+        weights = [p.weight for p in self.proj]
+        biases = [p.bias for p in self.proj]
+        if self.g_proj is None:
+            return weights, biases
+        return [self.g_proj.weight @ w for w in weights], [self.g_proj(b) for b in biases]
+
     def features(
-        self, z: torch.Tensor, pad_mask: torch.Tensor | None = None, last: int | None = None
+        self, z: torch.Tensor, pad_mask: torch.Tensor | None = None, last: int | None = None,
+        projections: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """g: (B, L, d) from reduced tokens z: (B, L, r) with the chosen implementation.
 
         last: return only the last `last` positions, (B, last, d), projecting only those
         (the streaming step, whose z is a window of kept and new tokens).
+        projections: `self.projections()` computed once (the streaming state keeps them).
         """
+        weights, biases = self.projections() if projections is None else projections
         if self.impl == "naive":
-            g = naive_features(
-                z, [p.weight for p in self.proj], [p.bias for p in self.proj],
-                self.offsets, self.cfg, pad_mask,
-            )
+            g = naive_features(z, weights, biases, self.offsets, self.cfg, pad_mask)
             return g if last is None else g[:, -last:]
         def project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             return wedge_project(u, w, weight, self.antisym)
@@ -82,14 +98,16 @@ class GrassmannMixer(nn.Module):
             from ...kernels import wedge_project_fused as project
         if last is not None:  # a few tokens: the Plücker form needs no A = W S (r*r x d) per step
             project = project_last(wedge_project_reference, last)
-        g = fast_features(
-            z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project
-        )
+        g = fast_features(z, weights[0], biases[0], self.offsets, self.cfg, pad_mask, project)
         return g if last is None else g[:, -last:]
 
     def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RingState:
-        """The streaming state before the first token; its size does not depend on `capacity`."""
-        return RingState.empty(batch, self.offsets, self.cfg.reduced_dim, device, dtype)
+        """The streaming state before the first token; its size does not depend on `capacity`.
+
+        It keeps `projections()` as they are now: a decoding step then does not refold
+        extra_proj="g" into W_plü, which would cost more than the rest of the step.
+        """
+        return RingState.empty(batch, self.offsets, self.cfg.reduced_dim, device, dtype, self.projections())
 
     def forward(
         self, h: torch.Tensor, pad_mask: torch.Tensor | None = None, state: RingState | None = None
@@ -104,7 +122,7 @@ class GrassmannMixer(nn.Module):
         if state is None:
             g = self.features(z, pad_mask)
         else:
-            g = self.features(*state.window(z), last=z.shape[1])
+            g = self.features(*state.window(z), last=z.shape[1], projections=state.projections)
         alpha = torch.sigmoid(self.gate(torch.cat([h, g], dim=-1)))
         if self.cfg.gate_output == "blend":
             out = alpha * h + (1 - alpha) * g

@@ -24,20 +24,25 @@ import torch
 import torch.nn.functional as F
 
 
+Projections = tuple[list[torch.Tensor], list[torch.Tensor]]
+
+
 @dataclass
 class RingState:
     """The window of one layer: z (B, W, r), slot W-1 the newest position; seen: positions so far.
 
     Slots not filled yet hold zeros and are masked out, so the state has the same size
-    at every position.
+    at every position. projections: the mixer's effective (W_plü, b_plü) lists, computed
+    once for the whole decoding (weights, not per-sequence state: `nbytes` leaves them out).
     """
 
     z: torch.Tensor
+    projections: Projections
     seen: int = 0
 
     @classmethod
     def empty(cls, batch: int, offsets: tuple[int, ...], reduced_dim: int,
-              device: torch.device, dtype: torch.dtype) -> "RingState":
+              device: torch.device, dtype: torch.dtype, projections: Projections) -> "RingState":
         """The state before the first token, for a layer pairing over `offsets` (signed).
 
         Raises ValueError with the reason for a layer that pairs with the future.
@@ -47,7 +52,7 @@ class RingState:
                 "this model pairs tokens with future positions (pairing='future_literal' or 'both'): "
                 "position t's features need tokens after t, so it cannot generate one token at a time"
             )
-        return cls(torch.zeros(batch, max(offsets), reduced_dim, device=device, dtype=dtype))
+        return cls(torch.zeros(batch, max(offsets), reduced_dim, device=device, dtype=dtype), projections)
 
     def window(self, z_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the T new reduced vectors z_new: (B, T, r); keep the last W.
