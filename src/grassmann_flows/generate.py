@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ids, hit_limit = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator)
     print(tokenizer.decode(ids[0].tolist()), flush=True)
     if hit_limit:
-        print(f"stopped after {ids.shape[1] - prompt.shape[1]} new tokens: the sequence filled the position "
-              f"table (n_positions={model.cfg.n_positions}, the context the model was trained with)",
-              file=sys.stderr)
+        print(f"stopped after {ids.shape[1] - prompt.shape[1]} new tokens: the sequence filled the model's "
+              f"position table (n_positions={model.cfg.n_positions})", file=sys.stderr)
     return 0
 
 
