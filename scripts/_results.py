@@ -307,7 +307,7 @@ class Config:
     @property
     def devices(self) -> str:
         """The devices the included runs trained on ("cpu", "cuda", ...), or "" for published rows."""
-        return "/".join(sorted({str(r.data.get("device", "?")).split(":")[0] for r in self.included_runs}))
+        return "/".join(run_facts(self.included_runs)["devices"])
 
     @property
     def n_seeds(self) -> int | None:
@@ -556,6 +556,33 @@ METRIC_DESCRIPTIONS = {
         "gap": "Grassmann - Transformer accuracy, Welch 95% CI",
     },
 }
+
+
+def run_facts(runs: list[Run]) -> dict[str, list]:
+    """How runs were made, from the runs themselves: sorted corpora, epochs run, seeds, devices."""
+    return {
+        "corpora": sorted({r.data.get("corpus", "unknown") for r in runs}),
+        "epochs": sorted({len(r.data.get("epochs") or []) for r in runs}),
+        "seeds": sorted({r.data.get("seed") for r in runs}, key=str),
+        "devices": sorted({str(r.data.get("device", "unknown")).split(":")[0] for r in runs}),
+    }
+
+
+def replace_between_markers(path: Path, begin: str, end: str, content: str) -> bool:
+    """Replace the text between the one `begin` ... `end` pair of `path` by `content`.
+
+    Nothing outside the markers changes; returns True when the file changed.
+    """
+    if not path.is_file():
+        raise ResultsError(f"file not found: {path}")
+    text = path.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ResultsError(f"{path}: expected exactly one {begin} ... {end} pair")
+    new = pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text)
+    if new != text:
+        path.write_text(new)
+    return new != text
 
 
 def display_path(path: Path) -> str:

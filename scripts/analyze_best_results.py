@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from _bench import BENCH_DIR, bench_markdown, gpu_bench_files
 from _results import (
-    FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, REPO_ROOT, SECTION_TITLES, Config, Gap, ResultsError,
+    FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError,
     Run, Stat, TaskSummary, display_path, json_safe, load_published, load_runs,
-    resolve_output_dir, summarize,
+    replace_between_markers, resolve_output_dir, run_facts, summarize,
 )
 
 SUMMARY_NAME = "best_results_summary.json"
@@ -279,11 +278,9 @@ def _run_dirs(runs: list[Run]) -> str:
 
 def _what_ran(configs: list[Config]) -> str:
     """One line on how the runs were made: epochs, seeds, devices (from the runs themselves)."""
-    epochs = sorted({len(r.data.get("epochs") or []) for c in configs for r in c.included_runs})
-    seeds = sorted({r.data.get("seed") for c in configs for r in c.included_runs}, key=str)
-    devices = sorted({c.devices for c in configs if c.devices})
-    return (f"Epochs run: {', '.join(map(str, epochs))}; seeds: {', '.join(map(str, seeds))}; "
-            f"device: {', '.join(devices)}.")
+    facts = run_facts([r for c in configs for r in c.included_runs])
+    return (f"Epochs run: {', '.join(map(str, facts['epochs']))}; seeds: {', '.join(map(str, facts['seeds']))}; "
+            f"device: {', '.join(facts['devices'])}.")
 
 
 def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files: list[Path],
@@ -318,20 +315,6 @@ def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files
     return "\n\n".join(out)
 
 
-def rewrite_blog(path: Path, section: str) -> bool:
-    """Replace the text between the markers in `path`; True when the file changed."""
-    if not path.is_file():
-        raise ResultsError(f"blog file not found: {path}")
-    text = path.read_text()
-    pattern = re.compile(re.escape(BLOG_BEGIN) + r".*?" + re.escape(BLOG_END), flags=re.S)
-    if len(pattern.findall(text)) != 1:
-        raise ResultsError(f"{path}: expected exactly one {BLOG_BEGIN} ... {BLOG_END} pair")
-    new = pattern.sub(lambda _: f"{BLOG_BEGIN}\n{section}\n{BLOG_END}", text)
-    if new != text:
-        path.write_text(new)
-    return new != text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", nargs="?",
@@ -351,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = load_runs(root, allow_empty=True)
             source = f"`{display_path(root)}/`" + (" and `results/bench/`" if args.bench_dir == BENCH_DIR else "")
             section = blog_section(runs, summarize(runs, published), gpu_bench_files(args.bench_dir), source)
-            changed = rewrite_blog(args.blog, section)
+            changed = replace_between_markers(args.blog, BLOG_BEGIN, BLOG_END, section)
             print(f"{'rewrote' if changed else 'unchanged:'} results section of {args.blog}", file=sys.stderr)
             return 0
         output_dir = resolve_output_dir(args.output_dir)

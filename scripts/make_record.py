@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _results import (
     PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, TaskSummary, display_path, json_safe,
-    load_published, load_runs, summarize,
+    load_published, load_runs, replace_between_markers, run_facts, summarize,
 )
 from analyze_best_results import _fmt_gap, report_markdown, summary_json
 
@@ -49,26 +49,20 @@ def _stamp_date(runs: list[Run]) -> str:
     return max(stamps)[:10] if stamps else dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
-def _devices(runs: list[Run]) -> list[str]:
-    return sorted({str(r.data.get("device", "unknown")).split(":")[0] for r in runs})
-
-
 def default_setting(runs: list[Run]) -> str:
     """"<device>-<tasks>-<corpus>", e.g. "cuda-wikitext-full"."""
+    facts = run_facts(runs)
     tasks = sorted({r.task for r in runs})
-    corpora = sorted({r.data.get("corpus", "unknown") for r in runs})
-    return "-".join(["+".join(_devices(runs)), "+".join(tasks), "+".join(corpora)])
+    return "-".join(["+".join(facts["devices"]), "+".join(tasks), "+".join(facts["corpora"])])
 
 
 def label(runs: list[Run]) -> str:
     """How the numbers may be read, from the runs themselves."""
-    corpora = sorted({r.data.get("corpus", "unknown") for r in runs})
-    epochs = sorted({len(r.data.get("epochs") or []) for r in runs})
-    seeds = sorted({r.data.get("seed") for r in runs}, key=str)
-    comparable = corpora == ["full"]
-    return (f"{'full corpus' if comparable else '/'.join(corpora) + ' corpus, NOT comparable with the paper'}; "
-            f"{'/'.join(map(str, epochs))} epochs; seeds {', '.join(map(str, seeds))}; "
-            f"device {'/'.join(_devices(runs))}")
+    facts = run_facts(runs)
+    corpus = ("full corpus" if facts["corpora"] == ["full"]
+              else "/".join(facts["corpora"]) + " corpus, NOT comparable with the paper")
+    return (f"{corpus}; {'/'.join(map(str, facts['epochs']))} epochs; "
+            f"seeds {', '.join(map(str, facts['seeds']))}; device {'/'.join(facts['devices'])}")
 
 
 def environments(runs: list[Run]) -> list[dict]:
@@ -155,20 +149,6 @@ def index_table(records_dir: Path, readme: Path) -> str:
     return "\n".join(rows)
 
 
-def rewrite_index(readme: Path, records_dir: Path) -> bool:
-    """Regenerate the records table between the markers of `readme`; True when it changed."""
-    if not readme.is_file():
-        raise ResultsError(f"README not found: {readme}")
-    text = readme.read_text()
-    pattern = re.compile(re.escape(INDEX_BEGIN) + r".*?" + re.escape(INDEX_END), flags=re.S)
-    if len(pattern.findall(text)) != 1:
-        raise ResultsError(f"{readme}: expected exactly one {INDEX_BEGIN} ... {INDEX_END} pair")
-    new = pattern.sub(lambda _: f"{INDEX_BEGIN}\n{index_table(records_dir, readme)}\n{INDEX_END}", text)
-    if new != text:
-        readme.write_text(new)
-    return new != text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", nargs="?", type=Path, help="sweep directory to record")
@@ -188,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             record = write_record(args.output_dir, args.records_dir, setting=args.setting, date=args.date,
                                   command=args.command, bench=args.bench, note=args.note)
             print(f"wrote {display_path(record)}", file=sys.stderr)
-        changed = rewrite_index(args.readme, args.records_dir)
+        changed = replace_between_markers(args.readme, INDEX_BEGIN, INDEX_END,
+                                          index_table(args.records_dir, args.readme))
         print(f"{'updated' if changed else 'unchanged:'} records table in {args.readme}", file=sys.stderr)
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)

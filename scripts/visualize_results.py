@@ -42,7 +42,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from _bench import BENCH_DIR, gpu_bench_files, load_bench, mixer_ratios, model_ratios  # noqa: E402
 from _results import (  # noqa: E402
     OURS, OUTPUTS_ROOT, PUBLISHED_JSON, REPO_ROOT, Config, ResultsError, TaskSummary,
-    load_published, load_runs, pair_configs, summarize,
+    load_published, load_runs, pair_configs, run_facts, summarize,
 )
 
 COLORS = {"transformer": "#4C72B0", "grassmann": "#DD8452"}
@@ -227,10 +227,9 @@ def plot_params(path: Path, out_dir: Path) -> list[Path]:
 
 def _provenance(configs: list[Config]) -> str:
     """How our runs in a panel were made: corpus, epochs run and devices (from the runs)."""
-    corpora = sorted({c.key.corpus for c in configs})
-    epochs = sorted({len(r.data.get("epochs") or []) for c in configs for r in c.included_runs})
-    devices = sorted({c.devices for c in configs if c.devices})
-    return f"{'/'.join(corpora)} corpus, {'/'.join(map(str, epochs))} epochs, {'/'.join(devices)}"
+    facts = run_facts([r for c in configs for r in c.included_runs])
+    return (f"{'/'.join(facts['corpora'])} corpus, {'/'.join(map(str, facts['epochs']))} epochs, "
+            f"{'/'.join(facts['devices'])}")
 
 
 def plot_task_results(summary: TaskSummary, out_dir: Path) -> list[Path]:
