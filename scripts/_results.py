@@ -474,11 +474,11 @@ def _partners(g: ConfigKey, transformers: list[Config]) -> list[Config]:
       run) also against a post-LN Transformer (block=postln), whatever the control's
       tag: the block-layout control. Tagged ablations are compared with the baseline only.
     * The Transformer is the same under every Grassmann preset: one with the same preset
-      is preferred; failing that, any preset's Transformer serves.
+      is preferred, then one keyed without a preset, then any preset's.
     """
     same_base = [t for t in transformers if t.key.pair_base() == g.pair_base()]
-    same_preset = [t for t in same_base if t.key.preset == g.preset]
-    pool = same_preset or same_base
+    pool = ([t for t in same_base if t.key.preset == g.preset]
+            or [t for t in same_base if not t.key.preset] or same_base)
     baseline = [t for t in pool if t.key.block in (None, "preln")]
     matched = ([t for t in baseline if t.key.tag == g.tag]
                or [t for t in baseline if t.key.tag == ""])

@@ -214,6 +214,27 @@ def test_controls_are_paired_by_their_config_fields(sweep: Path) -> None:
     assert "| ours | G-paper vs T-postLN |" in markdown and "| ours | G-no-extra vs T-preLN |" in markdown
 
 
+def test_one_transformer_pairs_with_every_preset() -> None:
+    """A Transformer keyed once (any or no preset) is the baseline of every Grassmann preset."""
+    def config(model: str, preset: str | None, block: str | None = None) -> _results.Config:
+        key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
+                                 preset=preset, tag="", corpus="full", snli_mode=None, block=block,
+                                 extra_proj="out" if preset == "paper" else ("none" if model == "grassmann" else None))
+        return _results.Config(key)
+
+    grassmann = [config("grassmann", p) for p in ("paper", "preln_all_offsets", "preln_per_layer")]
+    for t_preset in (None, "paper"):
+        transformer = config("transformer", t_preset, "preln")
+        gaps = _results.pair_configs(grassmann + [transformer])
+        assert sorted(g.grassmann.key.preset for g in gaps) == sorted(c.key.preset for c in grassmann)
+        assert all(g.transformer is transformer for g in gaps)
+    # A Transformer of the same preset, when there is one, is preferred.
+    own = config("transformer", "preln_all_offsets", "preln")
+    gaps = _results.pair_configs(grassmann + [config("transformer", None, "preln"), own])
+    assert next(g for g in gaps if g.grassmann.key.preset == "preln_all_offsets").transformer is own
+    assert len(gaps) == 3
+
+
 def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
     """At lr 1e-3 the fixture's Grassmann validates better and tests worse than at 6e-4."""
     markdown, summary = _analyze(sweep)
