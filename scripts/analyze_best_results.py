@@ -164,9 +164,10 @@ def gap_table(gaps: list[Gap], task: str) -> str:
 
 def runs_table(runs: list[Run], task: str) -> str:
     """Every run of the task, with the corpus it used and whether it counts."""
-    header = ["run", "seed", "lr", "corpus", "data_dir", "status", "in means", "best val", "best epoch"]
+    # Only the data directory's name: the full path belongs to the machine the run was made on.
+    header = ["run", "seed", "lr", "corpus", "data dir", "status", "in means", "best val", "best epoch"]
     rows = [[r.name, str(r.data.get("seed")), _fmt_lr(r.lr), r.data.get("corpus", "unknown"),
-             str(r.data.get("data_dir", "—")), r.status, "yes" if r.included else "no",
+             Path(str(r.data.get("data_dir", "—"))).name, r.status, "yes" if r.included else "no",
              _fmt_value(r.best_val, task), str(r.data.get("best_epoch", "—"))]
             for r in runs]
     return _table(header, rows)
