@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,6 +198,27 @@ def load_runs(output_dir: Path, *, allow_empty: bool = False) -> list[Run]:
     if not runs and not allow_empty:
         raise ResultsError(f"no results.json found under {output_dir}")
     return runs
+
+
+def load_committed_runs(root: Path = OUTPUTS_ROOT, repo: Path = REPO_ROOT) -> list[Run]:
+    """The runs under `root` that git tracks (staged or committed), for the blog and figures.
+
+    Runs a developer made locally and did not `git add` are left out (and counted on
+    stderr), so the published section depends only on what the repository holds. Outside
+    a git checkout every run under `root` is read.
+    """
+    runs = load_runs(root, allow_empty=True)
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--", str(root)],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return runs
+    tracked = {(repo / name).resolve() for name in listed.split("\0") if name}
+    kept = [r for r in runs if r.path.resolve() in tracked]
+    if len(kept) < len(runs):
+        print(f"left out {len(runs) - len(kept)} run(s) under {display_path(root)} that git does not track "
+              "(git add them to include them)", file=sys.stderr)
+    return kept
 
 
 def dedupe_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:

@@ -11,9 +11,9 @@ markdown tables per task (WikiText-2, SNLI) and writes `best_results_summary.jso
 OUTPUT_DIR.
 
 With --blog FILE it instead rewrites the text between `<!-- results:begin -->` and
-`<!-- results:end -->` in FILE from every run committed under `outputs/` (or OUTPUT_DIR)
-and the GPU benchmark JSON under `results/bench/`; nothing else in FILE changes, and
-running it twice changes nothing.
+`<!-- results:end -->` in FILE from every run under `outputs/` that git tracks (`git add`
+new runs first), or every run under OUTPUT_DIR, and the GPU benchmark JSON under
+`results/bench/`; nothing else in FILE changes, and running it twice changes nothing.
 
 * One run per (configuration, seed): reruns and resumed copies are dropped (newest
   finished copy kept) and listed on stderr.
@@ -39,7 +39,7 @@ from pathlib import Path
 from _bench import BENCH_DIR, bench_markdown, gpu_bench_files
 from _results import (
     FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError,
-    Run, Stat, TaskSummary, display_path, json_safe, load_published, load_runs,
+    Run, Stat, TaskSummary, display_path, json_safe, load_committed_runs, load_published, load_runs,
     replace_between_markers, resolve_output_dir, run_facts, summarize,
 )
 
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(args.output_dir) if args.output_dir else OUTPUTS_ROOT
             if args.output_dir is not None and not root.is_dir():
                 raise ResultsError(f"output directory not found: {root}")
-            runs = load_runs(root, allow_empty=True)
+            runs = load_runs(root, allow_empty=True) if args.output_dir else load_committed_runs(root)
             source = f"`{display_path(root)}/`" + (" and `results/bench/`" if args.bench_dir == BENCH_DIR else "")
             section = blog_section(runs, summarize(runs, published), gpu_bench_files(args.bench_dir), source)
             changed = replace_between_markers(args.blog, BLOG_BEGIN, BLOG_END, section)

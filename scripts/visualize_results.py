@@ -5,7 +5,7 @@ Usage:
     python scripts/visualize_results.py [OUTPUT_DIR] [--bench FILE] [--out images/]
 
 Everything is regenerated from committed JSON only: the runs' `results.json` and
-`config.json` (OUTPUT_DIR, default every run under `outputs/`),
+`config.json` (OUTPUT_DIR, default every run under `outputs/` that git tracks),
 `results/reference/published.json`, `results/params/breakdown.json` (written by
 `scripts/param_breakdown.py`) and, for the speed figure, the GPU benchmark JSON of
 `scripts/benchmark.py` (default: every `results/bench/*.json` measured on a GPU; the
@@ -42,7 +42,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from _bench import BENCH_DIR, gpu_bench_files, load_bench, mixer_ratios, model_ratios  # noqa: E402
 from _results import (  # noqa: E402
     OURS, OUTPUTS_ROOT, PUBLISHED_JSON, REPO_ROOT, Config, ResultsError, TaskSummary,
-    load_published, load_runs, pair_configs, run_facts, summarize,
+    load_committed_runs, load_published, load_runs, pair_configs, run_facts, summarize,
 )
 
 COLORS = {"transformer": "#4C72B0", "grassmann": "#DD8452"}
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir is not None and not Path(args.output_dir).is_dir():
             raise ResultsError(f"output directory not found: {args.output_dir}")
         root = Path(args.output_dir) if args.output_dir else OUTPUTS_ROOT
-        runs = load_runs(root, allow_empty=args.output_dir is None)
+        runs = load_runs(root) if args.output_dir else load_committed_runs(root)
         published = load_published(args.published)
         summaries = summarize(runs, published)
         written = plot_published(published, args.out) + plot_params(args.params, args.out)

@@ -514,6 +514,17 @@ def test_blog_without_runs_says_so_in_one_sentence(tmp_path: Path) -> None:
     assert body[1].startswith("No training run has been committed") and body[1].count(". ") == 0
 
 
+def test_blog_and_figures_read_only_runs_git_tracks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = tmp_path / "repo"
+    for name in ("kept", "local"):
+        shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", repo / "outputs" / name)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "outputs/kept"], check=True)
+    runs = _results.load_committed_runs(repo / "outputs", repo)
+    assert [r.path.parent.name for r in runs] == ["kept"]
+    assert "left out 1 run(s)" in capsys.readouterr().err
+
+
 def test_committed_blog_and_readme_tables_are_current(tmp_path: Path) -> None:
     """blog.md's results section and README's records table are what the scripts write today."""
     blog = tmp_path / "blog.md"
