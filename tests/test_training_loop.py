@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,34 @@ def test_patience_stops_after_evaluations_without_improvement(tmp_path: Path, pa
         assert res2["stopped_early"] and res2["epochs_run"] == epochs_run
         assert [s for s, _, _ in again.evals] == ["test"]
         assert load_checkpoint(tmp_path / "run" / "last.pt")["meta"]["state"]["global_step"] == steps
+
+
+@pytest.mark.parametrize("at_eval", [1, 2])
+def test_signal_during_validation_stops_at_that_epoch_end(tmp_path: Path, at_eval: int) -> None:
+    """SIGTERM (a time budget) during a validation pass, the last one included: the run
+    stops at that epoch's end, leaves last.pt and an "interrupted" results.json without a
+    test evaluation, and --resume finishes it."""
+
+    class Budget(ScriptedTask):
+        def evaluate(self, model: nn.Module, split: str, *args: Any) -> dict[str, Any]:
+            if split == "validation" and sum(s == "validation" for s, _, _ in self.evals) == at_eval - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().evaluate(model, split, *args)
+
+    task, run = Budget([2.0, 1.0]), tmp_path / "run"
+    res = _fit(task, run, epochs=2)
+    assert res["status"] == "interrupted" and res["stop_reason"] == "received SIGTERM"
+    assert training.exit_code(res) == 130 and res["test"] is None and res["epochs_run"] == at_eval
+    assert json.loads((run / "results.json").read_text())["status"] == "interrupted"
+    last = load_checkpoint(run / "last.pt")
+    assert last["meta"]["state"]["global_step"] == at_eval * N_TRAIN // BATCH
+    assert _same(last["model"], task.weights_at("validation", at_eval - 1))
+    assert [s for s, _, _ in task.evals] == ["validation"] * at_eval
+
+    again = ScriptedTask([2.0, 1.0][at_eval:])
+    res = _fit(again, run, resume=True, epochs=2)
+    assert res["status"] == "completed" and res["epochs_run"] == 2 and res["best_epoch"] == 2
+    assert [s for s, _, _ in again.evals] == ["validation"] * (2 - at_eval) + ["test"]
 
 
 def test_grad_clip_applies_the_clipped_gradient(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

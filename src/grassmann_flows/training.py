@@ -131,7 +131,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks at step and epoch boundaries."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -144,6 +144,14 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        """Whether any rank has received a signal. Ranks may see one a step apart; asking
+        all of them makes them stop (and checkpoint) at the same step."""
+        return distributed.any_rank(self.signal is not None)
+
+    def reason(self) -> str:
+        return f"received {self.signal or 'a signal on another rank'}"
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
@@ -397,6 +405,9 @@ def fit(
             if state.best_epoch == epoch + 1:
                 checkpoint("best.pt")
             state.epoch, state.step_in_epoch, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
+            if stop.agreed():  # a signal during the evaluation: stop at this epoch's end
+                status, stop_reason = "interrupted", stop.reason()
+                break
             checkpoint("last.pt")
         if status == "interrupted":
             checkpoint("last.pt")
@@ -466,9 +477,7 @@ def _train_epoch(loop: _Loop, state: TrainState, epoch: int, stop: StopRequest) 
             loop.log.line(f"first step (compilation included): {seconds:.2f} s")
         else:
             timer.steps += 1
-        # Agreed by all ranks, which may see a signal a step apart, so that they stop
-        # (and checkpoint) at the same step.
-        signalled = distributed.any_rank(stop.signal is not None)
+        signalled = stop.agreed()
         stopping = signalled or (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
         if len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch or stopping:
             diverged = _flush(loop, state, pending, epoch, lr, timer.window_ms(), bar)
@@ -476,8 +485,7 @@ def _train_epoch(loop: _Loop, state: TrainState, epoch: int, stop: StopRequest) 
                 ended = ("diverged", diverged)
                 break
         if stopping:
-            ended = ("interrupted", f"received {stop.signal or 'a signal on another rank'}" if signalled
-                     else f"stop_after_steps={cfg.stop_after_steps}")
+            ended = ("interrupted", stop.reason() if signalled else f"stop_after_steps={cfg.stop_after_steps}")
             break
     state.train_time_s += timer.total()
     bar.close()
