@@ -190,7 +190,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     On CUDA the tensor is pinned first: a copy from pageable memory is synchronous
     whatever `non_blocking` says.
     """
-    if device.type == "cuda":
+    if device.type == "cuda" and t.device.type == "cpu":
         t = t.pin_memory()
     return t.to(device, non_blocking=True)
 
