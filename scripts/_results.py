@@ -1,9 +1,11 @@
 """Shared code for `analyze_best_results.py` and `visualize_results.py`.
 
-Loads the `results.json` files a training sweep writes, groups them into configurations
-(one configuration = everything but the seed), computes per-configuration statistics over
-seeds and the Grassmann-vs-Transformer gap with a 95% confidence interval, and merges in
-the published numbers from `results/reference/published.json`.
+Loads the `results.json` files a training sweep writes (with the `config.json` beside
+each), keeps one run per (configuration, seed), groups runs into configurations (one
+configuration = everything but the seed), picks each model's learning rate on validation,
+computes per-configuration statistics over seeds and the Grassmann-vs-Transformer gaps
+with 95% confidence intervals, and merges in the published numbers from
+`results/reference/published.json`.
 
 Our runs and the published rows are turned into the same `Config` objects, so the tables,
 the summary JSON and the plots all go through one code path.
@@ -18,8 +20,20 @@ Statistics
   exponentiated; the point estimate is therefore the ratio of geometric-mean PPLs.
 * Gap, SNLI: Grassmann minus Transformer accuracy, Welch's t interval on the difference.
 * With fewer than two seeds on either side there is no interval ("n/a (1 seed)").
-* The Student-t quantile is computed here (regularised incomplete beta by continued
-  fraction + bisection), because scipy is not a dependency of this project.
+* The Student-t numerics and Welch's interval live in `_stats.py`.
+
+Bookkeeping
+-----------
+* Duplicates: a rerun or a resumed copy of the same (configuration, seed) is one run, not
+  one more seed. `dedupe_runs` keeps the newest finished copy and reports the others.
+* Learning rate: a configuration is also keyed by its lr (`train.lr` of config.json, or
+  the `lr` summary field). `select_lr` picks, per model configuration, the lr with the
+  best *validation* mean over seeds; test numbers are reported at that lr, from that
+  lr's seeds. Test never takes part in the choice.
+* Controls: the Transformer's `block` (pre-LN / post-LN) and the Grassmann mixer's
+  `extra_proj` are part of the configuration, read from results.json or config.json
+  (never from directory names), so the control runs form their own configurations and
+  `pair_configs` reports G-paper vs T-preLN, G-paper vs T-postLN and G-no-extra vs T.
 """
 
 from __future__ import annotations
@@ -27,10 +41,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from _stats import Stat, make_stat, welch_interval
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_JSON = REPO_ROOT / "results" / "reference" / "published.json"
@@ -47,134 +64,21 @@ class ResultsError(RuntimeError):
     """A problem with the input that the scripts report as a one-line error."""
 
 
-# --------------------------------------------------------------------------- t quantile
-
-
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz algorithm)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                          -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    # The continued fraction converges fast only on this side of the mean; use the
-    # symmetry I_x(a, b) = 1 - I_{1-x}(b, a) on the other.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with `df` (real, > 0) degrees of freedom."""
-    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def student_t_quantile(p: float, df: float) -> float:
-    """Inverse of `student_t_cdf` in its first argument, by bisection (|error| < 1e-10)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if df <= 0:
-        raise ValueError(f"df must be positive, got {df}")
-    if p < 0.5:
-        return -student_t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while student_t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    while hi - lo > 1e-10 * max(1.0, hi):
-        mid = 0.5 * (lo + hi)
-        if student_t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample std of the finite values of one quantity over seeds."""
-
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if self.n >= 2 else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values)}
-
-
-def make_stat(values: Iterable[float | None]) -> Stat:
-    """A `Stat` over the finite entries of `values` (None/NaN/inf are dropped)."""
-    return Stat(tuple(float(v) for v in values if v is not None and math.isfinite(v)))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Welch's t interval for mean(a) - mean(b)."""
-
-    difference: float
-    low: float
-    high: float
-    df: float
-
-
-def welch_interval(a: Stat, b: Stat, level: float = 0.95) -> Interval:
-    """Welch's t interval for mean(a) - mean(b); needs at least two values on each side."""
-    if a.n < 2 or b.n < 2:
-        raise ValueError("Welch's interval needs at least two values per group")
-    diff = a.mean - b.mean
-    var_a, var_b = a.std ** 2 / a.n, b.std ** 2 / b.n
-    se = math.sqrt(var_a + var_b)
-    if se == 0.0:  # identical values on both sides: the interval collapses to the point
-        return Interval(diff, diff, diff, math.inf)
-    df = (var_a + var_b) ** 2 / (var_a ** 2 / (a.n - 1) + var_b ** 2 / (b.n - 1))
-    half = student_t_quantile(0.5 + level / 2.0, df) * se
-    return Interval(diff, diff - half, diff + half, df)
-
-
 # --------------------------------------------------------------------------- runs
+
+
+def _sweep_stamp(path: Path) -> str:
+    """The timestamp of the sweep directory a run lies in ("" when none is timestamped)."""
+    return next((p.name for p in path.parents if _TIMESTAMP_DIR.match(p.name)), "")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run, i.e. one `results.json`."""
+    """One training run: its `results.json` and, when present, the `config.json` beside it."""
 
     path: Path
     data: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -204,6 +108,38 @@ class Run:
         test = self.data.get("test") or {}
         return test.get("ppl" if self.task == "wikitext" else "acc")
 
+    def _setting(self, name: str, *config_path: str) -> Any:
+        """A setting from results.json, else from config.json (`config_path`), else None."""
+        if self.data.get(name) is not None:
+            return self.data[name]
+        node: Any = self.config
+        for part in config_path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    @property
+    def lr(self) -> float | None:
+        """Peak learning rate: the summary field `lr`, else config.json `train.lr`."""
+        lr = self._setting("lr", "train", "lr")
+        return float(lr) if lr is not None else None
+
+    @property
+    def block(self) -> str | None:
+        """Block layout of a from-scratch model (`model.block`); None for DistilBERT heads."""
+        return self._setting("block", "model", "block")
+
+    @property
+    def extra_proj(self) -> str | None:
+        """The Grassmann mixer's extra d x d projection (`model.mixer.extra_proj`)."""
+        if self.data["model"] != "grassmann":
+            return None
+        return self._setting("extra_proj", "model", "mixer", "extra_proj")
+
+    @property
+    def recency(self) -> tuple:
+        """Sort key, newest last: sweep timestamp, then `finished_at` if recorded, then mtime."""
+        return (_sweep_stamp(self.path), str(self.data.get("finished_at") or ""), self.path.stat().st_mtime)
+
     @property
     def key(self) -> "ConfigKey":
         d = self.data
@@ -212,6 +148,7 @@ class Run:
             n_layers=d.get("n_layers"), preset=d.get("preset"), tag=d.get("tag") or "",
             corpus=d.get("corpus", "unknown"),
             snli_mode=d.get("snli_mode") if d["task"] == "snli" else None,
+            block=self.block, extra_proj=self.extra_proj, lr=self.lr,
         )
 
 
@@ -238,22 +175,67 @@ def resolve_output_dir(arg: str | None, outputs_root: Path = OUTPUTS_ROOT) -> Pa
     raise ResultsError(f"no OUTPUT_DIR given and {outputs_root} holds no run directories")
 
 
-def load_runs(output_dir: Path) -> list[Run]:
-    """Every `results.json` below `output_dir`, sorted by path."""
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())  # json accepts the NaN a diverged run may hold
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{path}: not valid JSON ({err})") from err
+
+
+def load_runs(output_dir: Path, *, allow_empty: bool = False) -> list[Run]:
+    """Every `results.json` below `output_dir` (with its config.json), sorted by path."""
     if not output_dir.is_dir():
+        if allow_empty:
+            return []
         raise ResultsError(f"output directory not found: {output_dir}")
     runs = []
     for path in sorted(output_dir.rglob("results.json")):
-        try:
-            data = json.loads(path.read_text())  # json accepts the NaN a diverged run may hold
-        except json.JSONDecodeError as err:
-            raise ResultsError(f"{path}: not valid JSON ({err})") from err
+        data = _read_json(path)
         if data.get("task") not in TASKS or data.get("model") not in MODELS:
             raise ResultsError(f"{path}: task/model must be one of {TASKS}/{MODELS}")
-        runs.append(Run(path, data))
-    if not runs:
+        config_path = path.with_name("config.json")
+        runs.append(Run(path, data, _read_json(config_path) if config_path.is_file() else {}))
+    if not runs and not allow_empty:
         raise ResultsError(f"no results.json found under {output_dir}")
     return runs
+
+
+def load_committed_runs(root: Path = OUTPUTS_ROOT, repo: Path = REPO_ROOT) -> list[Run]:
+    """The runs under `root` that git tracks (staged or committed), for the blog and figures.
+
+    Runs a developer made locally and did not `git add` are left out (and counted on
+    stderr), so the published section depends only on what the repository holds. Outside
+    a git checkout every run under `root` is read.
+    """
+    runs = load_runs(root, allow_empty=True)
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--", str(root)],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return runs
+    tracked = {(repo / name).resolve() for name in listed.split("\0") if name}
+    kept = [r for r in runs if r.path.resolve() in tracked]
+    if len(kept) < len(runs):
+        print(f"left out {len(runs) - len(kept)} run(s) under {display_path(root)} that git does not track "
+              "(git add them to include them)", file=sys.stderr)
+    return kept
+
+
+def dedupe_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """One run per (configuration, seed): the newest completed copy, else the newest copy.
+
+    A rerun or a resumed copy of a run must not count as one more seed (it would shrink
+    the std and the CI). Returns (kept runs, [(dropped run, the run kept instead)]).
+    """
+    copies: dict[tuple, list[Run]] = {}
+    for run in runs:
+        copies.setdefault((run.key, run.data.get("seed")), []).append(run)
+    kept, dropped = [], []
+    for group in copies.values():
+        winner = max(group, key=lambda r: (r.included, r.recency))
+        kept.append(winner)
+        dropped += [(r, winner) for r in group if r is not winner]
+    return sorted(kept, key=lambda r: r.path), sorted(dropped, key=lambda d: d[0].path)
 
 
 # --------------------------------------------------------------------------- configurations
@@ -264,7 +246,8 @@ class ConfigKey:
     """Everything that identifies a configuration except the seed.
 
     For published rows `preset` is the harness preset the row corresponds to (or a short
-    description when none does) and `tag` is the row's variant within its source.
+    description when none does) and `tag` is the row's variant within its source. `block`
+    and `extra_proj` tell the control runs apart (None where not applicable or unknown).
     """
 
     source: str
@@ -276,6 +259,9 @@ class ConfigKey:
     tag: str
     corpus: str
     snli_mode: str | None
+    block: str | None = None
+    extra_proj: str | None = None
+    lr: float | None = None
 
     @property
     def comparable(self) -> bool:
@@ -283,13 +269,30 @@ class ConfigKey:
         return self.corpus == COMPARABLE_CORPUS
 
     def setting(self) -> tuple:
-        """What a published row must share with our runs to be shown beside them."""
+        """What a published row must share with our runs to be shown beside them.
+
+        SNLI pairs by mode: DistilBERT-head runs with the paper's Table 3, from-scratch
+        runs with the reproductions' from-scratch numbers.
+        """
         return (self.seq_len, self.n_layers) if self.task == "wikitext" else (self.snli_mode,)
 
-    def pair_key(self) -> tuple:
-        """What a Grassmann and a Transformer configuration share when they are compared."""
-        return (self.source, self.task, self.seq_len, self.n_layers, self.preset,
-                self.corpus, self.snli_mode)
+    def pair_base(self) -> tuple:
+        """What a Grassmann and a Transformer configuration must share to be compared."""
+        base = (self.source, self.task, self.corpus, self.snli_mode)
+        # The DistilBERT heads have fixed sizes; from-scratch models must match in L and N.
+        return base if self.snli_mode == "distilbert" else base + (self.seq_len, self.n_layers)
+
+    def without_lr(self) -> "ConfigKey":
+        return replace(self, lr=None)
+
+    @property
+    def label(self) -> str:
+        """Short name of the variant: T-preLN / T-postLN, G / G-no-extra (paper preset)."""
+        if self.model == "transformer":
+            return {"preln": "T-preLN", "postln": "T-postLN"}.get(self.block or "", "T")
+        if self.extra_proj == "none" and self.preset == "paper":
+            return "G-no-extra"
+        return "G-paper" if self.preset == "paper" else "G"
 
 
 @dataclass
@@ -301,13 +304,16 @@ class Config:
     source_label: str = "ours"
     params_m: float | None = None
     published: dict[str, Any] | None = None  # the published.json row, for published configs
+    # (lr, validation Stat) of every lr tried for this model configuration, when chosen by select_lr
+    lr_candidates: list[tuple[float | None, Stat]] = field(default_factory=list)
 
     @property
     def included_runs(self) -> list[Run]:
         return [r for r in self.runs if r.included]
 
     def stat(self, quantity: str) -> Stat:
-        """Over-seed statistics of "best_val", "test", "best_epoch" or "tokens_per_s"."""
+        """Over-seed statistics of "best_val", "test", "best_epoch", "tokens_per_s",
+        "train_time_s" (training wall-clock, evaluation excluded) or "epochs_run"."""
         if self.published is not None:
             return make_stat([self.published.get(quantity)])
         getters = {
@@ -315,8 +321,15 @@ class Config:
             "test": lambda r: r.test,
             "best_epoch": lambda r: r.data.get("best_epoch"),
             "tokens_per_s": lambda r: r.data.get("tokens_per_s"),
+            "train_time_s": lambda r: r.data.get("train_time_s"),
+            "epochs_run": lambda r: len(r.data.get("epochs") or []),
         }
         return make_stat(getters[quantity](r) for r in self.included_runs)
+
+    @property
+    def devices(self) -> str:
+        """The devices the included runs trained on ("cpu", "cuda", ...), or "" for published rows."""
+        return "/".join(run_facts(self.included_runs)["devices"])
 
     @property
     def n_seeds(self) -> int | None:
@@ -327,15 +340,19 @@ class Config:
         k = self.key
         out: dict[str, Any] = {
             "source": k.source, "source_label": self.source_label, "task": k.task,
-            "model": k.model, "seq_len": k.seq_len, "n_layers": k.n_layers, "preset": k.preset,
-            "tag": k.tag, "corpus": k.corpus, "snli_mode": k.snli_mode,
+            "model": k.model, "label": k.label, "seq_len": k.seq_len, "n_layers": k.n_layers,
+            "preset": k.preset, "tag": k.tag, "corpus": k.corpus, "snli_mode": k.snli_mode,
+            "block": k.block, "extra_proj": k.extra_proj, "lr": k.lr,
             "comparable_with_paper": k.comparable, "params_m": self.params_m,
             "n_seeds": self.n_seeds,
             "seeds": [r.data.get("seed") for r in self.included_runs],
             "run_names": [r.name for r in self.included_runs],
         }
-        for quantity in ("best_val", "test", "best_epoch", "tokens_per_s"):
+        out["devices"] = self.devices
+        for quantity in ("best_val", "test", "best_epoch", "tokens_per_s", "train_time_s", "epochs_run"):
             out[quantity] = self.stat(quantity).to_json()
+        if self.lr_candidates:
+            out["lr_selection"] = [{"lr": lr, "best_val": stat.to_json()} for lr, stat in self.lr_candidates]
         if self.published is not None:
             out["citation"] = self.published["citation"]
             out["notes"] = self.published.get("notes", "")
@@ -354,7 +371,33 @@ def group_runs(runs: list[Run]) -> list[Config]:
         # Seeds of one configuration build the same model; several counts would mean the
         # grouping key misses a setting, which the table then shows as the largest count.
         config.params_m = max(params) / 1e6 if params else None
-    return sorted(groups.values(), key=lambda c: c.key)
+    return sorted(groups.values(), key=lambda c: _sort_key(c.key))
+
+
+def _sort_key(key: ConfigKey) -> tuple:
+    """ConfigKey order with None placed first (keys mix None and values in one field)."""
+    return tuple((v is not None, v if v is not None else 0) for v in vars(key).values())
+
+
+def select_lr(configs: list[Config]) -> list[Config]:
+    """Per model configuration, the lr whose mean best validation over seeds is best.
+
+    Lower PPL wins on WikiText-2, higher accuracy on SNLI. Only validation is looked at;
+    the test numbers reported are those of the chosen lr's own seeds. A configuration
+    with no validation value at any lr keeps its first lr (it shows as "—" anyway).
+    """
+    by_model: dict[ConfigKey, list[Config]] = {}
+    for config in configs:
+        by_model.setdefault(config.key.without_lr(), []).append(config)
+    chosen = []
+    for group in by_model.values():
+        group.sort(key=lambda c: (c.key.lr is None, c.key.lr or 0.0))
+        sign = 1.0 if group[0].key.task == "wikitext" else -1.0
+        scored = [c for c in group if c.stat("best_val").n]
+        best = min(scored, key=lambda c: sign * c.stat("best_val").mean) if scored else group[0]
+        best.lr_candidates = [(c.key.lr, c.stat("best_val")) for c in group] if len(group) > 1 else []
+        chosen.append(best)
+    return sorted(chosen, key=lambda c: _sort_key(c.key))
 
 
 def load_published(path: Path = PUBLISHED_JSON) -> list[Config]:
@@ -394,6 +437,11 @@ class Gap:
     grassmann: Config
     transformer: Config
 
+    @property
+    def pairing(self) -> str:
+        """E.g. "G-paper vs T-preLN"."""
+        return f"{self.grassmann.key.label} vs {self.transformer.key.label}"
+
     def measure(self, quantity: str) -> dict[str, Any] | None:
         """Gap in `quantity` ("best_val" or "test") with its 95% CI, or None without data.
 
@@ -426,33 +474,46 @@ class Gap:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        k = self.grassmann.key
+        k, t = self.grassmann.key, self.transformer.key
         return {
             "source": k.source, "source_label": self.grassmann.source_label, "task": k.task,
-            "seq_len": k.seq_len, "n_layers": k.n_layers, "preset": k.preset, "corpus": k.corpus,
-            "snli_mode": k.snli_mode, "grassmann_tag": k.tag,
-            "transformer_tag": self.transformer.key.tag,
+            "pairing": self.pairing, "seq_len": k.seq_len, "n_layers": k.n_layers,
+            "preset": k.preset, "corpus": k.corpus, "snli_mode": k.snli_mode,
+            "grassmann_tag": k.tag, "transformer_tag": t.tag,
+            "grassmann_lr": k.lr, "transformer_lr": t.lr,
+            "transformer_block": t.block, "grassmann_extra_proj": k.extra_proj,
             "best_val": self.measure("best_val"), "test": self.measure("test"),
         }
 
 
-def pair_configs(configs: list[Config]) -> list[Gap]:
-    """Pair each Grassmann configuration with its Transformer baseline.
+def _partners(g: ConfigKey, transformers: list[Config]) -> list[Config]:
+    """The Transformer configurations a Grassmann configuration is compared with.
 
-    The baseline must share source, task, L, N, preset, corpus and SNLI mode. Its tag
-    must equal the Grassmann tag, or be empty: an ablation tag such as "nonorm" changes
-    only the Grassmann model, so it is compared with the untagged Transformer.
+    * Always the pre-LN baseline (or, for published rows and DistilBERT heads, the one
+      Transformer of the source), with the Grassmann tag or untagged: an ablation tag such
+      as "nonorm" changes only the Grassmann model.
+    * An untagged Grassmann with an extra d x d projection (the `paper` preset's main
+      run) also against a post-LN Transformer (block=postln), whatever the control's
+      tag: the block-layout control. Tagged ablations are compared with the baseline only.
+    * The Transformer is the same under every Grassmann preset: one with the same preset
+      is preferred, then one keyed without a preset, then any preset's.
     """
-    transformers = {(c.key.pair_key(), c.key.tag): c for c in configs if c.key.model == "transformer"}
-    gaps = []
-    for config in configs:
-        if config.key.model != "grassmann":
-            continue
-        base = config.key.pair_key()
-        partner = transformers.get((base, config.key.tag)) or transformers.get((base, ""))
-        if partner is not None:
-            gaps.append(Gap(config, partner))
-    return gaps
+    same_base = [t for t in transformers if t.key.pair_base() == g.pair_base()]
+    pool = ([t for t in same_base if t.key.preset == g.preset]
+            or [t for t in same_base if not t.key.preset] or same_base)
+    baseline = [t for t in pool if t.key.block in (None, "preln")]
+    matched = ([t for t in baseline if t.key.tag == g.tag]
+               or [t for t in baseline if t.key.tag == ""])
+    main_run = g.tag == "" and g.extra_proj not in (None, "none")
+    controls = [t for t in pool if t.key.block == "postln"] if main_run else []
+    return matched + controls
+
+
+def pair_configs(configs: list[Config]) -> list[Gap]:
+    """Every Grassmann configuration against its Transformer partners (see `_partners`)."""
+    transformers = [c for c in configs if c.key.model == "transformer"]
+    return [Gap(g, t) for g in configs if g.key.model == "grassmann"
+            for t in _partners(g.key, transformers)]
 
 
 # --------------------------------------------------------------------------- summary
@@ -467,11 +528,18 @@ SECTION_TITLES = {
 
 @dataclass
 class TaskSummary:
-    """Everything reported for one task, split into the sections of the report."""
+    """Everything reported for one task, split into the sections of the report.
+
+    `runs` are the runs counted (one per configuration and seed), `dropped` the duplicate
+    copies left out, and `candidates` every configuration of ours at every lr before the
+    choice of `select_lr` (the sections hold the chosen lr only).
+    """
 
     task: str
     runs: list[Run]
     sections: dict[str, list[Config]]
+    dropped: list[tuple[Run, Run]] = field(default_factory=list)
+    candidates: list[Config] = field(default_factory=list)
 
     @property
     def excluded_runs(self) -> list[Run]:
@@ -484,8 +552,10 @@ class TaskSummary:
         return {
             "metric": METRIC_DESCRIPTIONS[self.task],
             "n_runs": len(self.runs),
-            "excluded_runs": [{"run_name": r.name, "status": r.status, "path": str(r.path.parent)}
+            "excluded_runs": [{"run_name": r.name, "status": r.status, "path": display_path(r.path.parent)}
                               for r in self.excluded_runs],
+            "dropped_duplicates": [{"dropped": display_path(d.path.parent), "kept": display_path(k.path.parent)}
+                                   for d, k in self.dropped],
             "sections": {
                 name: {"title": SECTION_TITLES[name],
                        "configs": [c.to_json() for c in configs],
@@ -498,27 +568,64 @@ class TaskSummary:
 METRIC_DESCRIPTIONS = {
     "wikitext": {
         "best_val": "best validation perplexity over epochs (lower is better)",
-        "test": "test perplexity of the best-validation checkpoint",
+        "test": "test perplexity of the best-validation checkpoint, at the lr chosen on validation",
         "gap": "Grassmann/Transformer PPL ratio: exp(mean log PPL_G - mean log PPL_T), "
                "Welch 95% CI on the log scale",
     },
     "snli": {
         "best_val": "best validation accuracy over epochs (higher is better)",
-        "test": "test accuracy of the best-validation checkpoint",
+        "test": "test accuracy of the best-validation checkpoint, at the lr chosen on validation",
         "gap": "Grassmann - Transformer accuracy, Welch 95% CI",
     },
 }
 
 
+def run_facts(runs: list[Run]) -> dict[str, list]:
+    """How runs were made, from the runs themselves: sorted corpora, epochs run, seeds, devices."""
+    return {
+        "corpora": sorted({r.data.get("corpus", "unknown") for r in runs}),
+        "epochs": sorted({len(r.data.get("epochs") or []) for r in runs}),
+        "seeds": sorted({r.data.get("seed") for r in runs}, key=str),
+        "devices": sorted({str(r.data.get("device", "unknown")).split(":")[0] for r in runs}),
+    }
+
+
+def replace_between_markers(path: Path, begin: str, end: str, content: str) -> bool:
+    """Replace the text between the one `begin` ... `end` pair of `path` by `content`.
+
+    Nothing outside the markers changes; returns True when the file changed.
+    """
+    if not path.is_file():
+        raise ResultsError(f"file not found: {path}")
+    text = path.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ResultsError(f"{path}: expected exactly one {begin} ... {end} pair")
+    new = pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text)
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the repository when inside it, so summaries do not name a machine."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def summarize_task(task: str, runs: list[Run], published: list[Config]) -> TaskSummary:
     """Split one task's configurations into the report's sections.
 
-    Only full-corpus runs go into "paper_comparison", together with the published rows
-    at the same setting; reduced/custom-corpus runs always go into "reduced_corpus"; the
-    remaining published rows are shown on their own, for reference only.
+    Duplicates are dropped first and the lr is chosen on validation. Only full-corpus
+    runs go into "paper_comparison", together with the published rows at the same
+    setting; reduced/custom-corpus runs always go into "reduced_corpus"; the remaining
+    published rows are shown on their own, for reference only.
     """
-    task_runs = [r for r in runs if r.task == task]
-    ours = group_runs(task_runs)
+    task_runs, dropped = dedupe_runs([r for r in runs if r.task == task])
+    candidates = group_runs(task_runs)
+    ours = select_lr(candidates)
     published = [c for c in published if c.key.task == task]
     full = [c for c in ours if c.key.comparable]
     settings = {c.key.setting() for c in full}
@@ -527,7 +634,7 @@ def summarize_task(task: str, runs: list[Run], published: list[Config]) -> TaskS
         "paper_comparison": full + beside,
         "reduced_corpus": [c for c in ours if not c.key.comparable],
         "published_reference": [c for c in published if c.key.setting() not in settings],
-    })
+    }, dropped=dropped, candidates=candidates)
 
 
 def json_safe(obj: Any) -> Any:
@@ -542,5 +649,30 @@ def json_safe(obj: Any) -> Any:
 
 
 def summarize(runs: list[Run], published: list[Config]) -> dict[str, TaskSummary]:
-    """One `TaskSummary` per task."""
-    return {task: summarize_task(task, runs, published) for task in TASKS}
+    """One `TaskSummary` per task; each dropped duplicate is printed to stderr."""
+    summaries = {task: summarize_task(task, runs, published) for task in TASKS}
+    for summary in summaries.values():
+        for run, kept in summary.dropped:
+            print(f"dropped duplicate run {display_path(run.path.parent)} ({run.status}); "
+                  f"kept {display_path(kept.path.parent)}", file=sys.stderr)
+    return summaries
+
+
+# Figures of scripts/visualize_results.py (stem -> alt text), referenced from the blog.
+FIGURES = {
+    "published_numbers": "Published best validation perplexities and SNLI accuracies: the paper's "
+                         "Tables 1-3 beside the public reproductions, one panel per table setting",
+    "param_breakdown": "Parameter count per component of TransformerLM and GrassmannLM at the "
+                       "paper's two settings (N=6, L=128 and N=12, L=256), stacked bars",
+    "wikitext_results": "WikiText-2 best validation and test perplexity of our runs per "
+                        "configuration, mean and std over seeds; reduced-corpus runs hatched and "
+                        "shown without the paper's numbers",
+    "snli_results": "SNLI best validation and test accuracy of our runs per configuration, "
+                    "mean and std over seeds; reduced-corpus runs hatched",
+    "wikitext_curves": "WikiText-2 training and validation loss per epoch, mean and one-std band "
+                       "over seeds, and test perplexity at the best-validation checkpoint",
+    "snli_curves": "SNLI training loss and validation accuracy per epoch, mean and one-std band "
+                   "over seeds, and test accuracy at the best-validation checkpoint",
+    "speed_ratios": "Step time of the Grassmann mixer and model over attention and the "
+                    "Transformer, from the GPU benchmark JSON",
+}

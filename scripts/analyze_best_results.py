@@ -3,19 +3,30 @@
 
 Usage:
     python scripts/analyze_best_results.py [OUTPUT_DIR] [--published PATH]
+    python scripts/analyze_best_results.py --blog blog.md [OUTPUT_DIR]
 
 OUTPUT_DIR defaults to the newest timestamped directory under `outputs/`. Every
-`results.json` below it is read. The script prints markdown tables per task (WikiText-2,
-SNLI) and writes `best_results_summary.json` into OUTPUT_DIR.
+`results.json` below it is read (with the `config.json` beside it). The script prints
+markdown tables per task (WikiText-2, SNLI) and writes `best_results_summary.json` into
+OUTPUT_DIR.
 
-* Configurations (model, L, N, preset, tag, corpus) are summarised over seeds as
-  mean ± sample std; runs that did not complete (diverged, interrupted) are listed and
-  kept out of the means.
-* The Grassmann/Transformer gap comes with a Welch 95% confidence interval (PPL ratio
-  on the log scale for WikiText-2, accuracy difference for SNLI); see `_results.py`.
+With --blog FILE it instead rewrites the text between `<!-- results:begin -->` and
+`<!-- results:end -->` in FILE from every run under `outputs/` that git tracks (`git add`
+new runs first), or every run under OUTPUT_DIR, and the GPU benchmark JSON under
+`results/bench/`; nothing else in FILE changes, and running it twice changes nothing.
+
+* One run per (configuration, seed): reruns and resumed copies are dropped (newest
+  finished copy kept) and listed on stderr.
+* Each model's learning rate is chosen on validation (mean over seeds); test numbers
+  are those of the chosen lr's seeds. The tables show the lr chosen.
+* Configurations are summarised over seeds as mean ± sample std; runs that did not
+  complete (diverged, interrupted) are listed and kept out of the means.
+* The Grassmann/Transformer gaps (G-paper vs T-preLN, G-paper vs T-postLN, G-no-extra
+  vs T, ...) come with a Welch 95% confidence interval (PPL ratio on the log scale for
+  WikiText-2, accuracy difference for SNLI); see `_results.py`.
 * Only runs on the official splits (corpus "full") appear under "Paper comparison";
   reduced or custom corpora are reported under "Reduced-corpus results (not comparable
-  with the paper)", and the published rows are then shown separately, for reference only.
+  with the paper)", without the published numbers beside them.
 """
 
 from __future__ import annotations
@@ -25,13 +36,16 @@ import json
 import sys
 from pathlib import Path
 
+from _bench import BENCH_DIR, bench_markdown, gpu_bench_files
 from _results import (
-    PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError, Run, Stat, TaskSummary,
-    json_safe, load_published, load_runs, resolve_output_dir, summarize,
+    FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError,
+    Run, Stat, TaskSummary, display_path, json_safe, load_committed_runs, load_published, load_runs,
+    replace_between_markers, resolve_output_dir, run_facts, summarize,
 )
 
 SUMMARY_NAME = "best_results_summary.json"
 TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
+BLOG_BEGIN, BLOG_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _fmt_value(value: float | None, task: str) -> str:
@@ -56,6 +70,15 @@ def _fmt_plain(stat: Stat, digits: int) -> str:
     return "—" if stat.n == 0 else f"{stat.mean:,.{digits if stat.n > 1 else 0}f}"
 
 
+def _fmt_minutes(stat: Stat) -> str:
+    """Mean training wall-clock in minutes (evaluation excluded)."""
+    return "—" if stat.n == 0 else f"{stat.mean / 60:,.1f} min"
+
+
+def _fmt_lr(lr: float | None) -> str:
+    return "—" if lr is None else f"{lr:g}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -63,28 +86,47 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def config_table(configs: list[Config], task: str) -> str:
-    """One row per configuration: ours (over seeds) and published (single values)."""
+    """One row per configuration: ours (over seeds, at the chosen lr) and published (single values)."""
     metric = "PPL" if task == "wikitext" else "acc"
-    header = ["source", "model", "L", "N", "preset", "tag/variant", "corpus"]
+    header = ["source", "model", "variant", "L", "N", "preset", "tag/variant", "corpus"]
     header += ["SNLI mode"] if task == "snli" else []
-    header += ["params", f"best val {metric}", "seeds", "best epoch",
-               f"test {metric} (best ckpt)", "tokens/s"]
+    header += ["lr (chosen on val)", "params", f"best val {metric}", "seeds", "epochs", "best epoch",
+               f"test {metric} (best ckpt)", "train time", "device", "tokens/s"]
     rows = []
     for c in configs:
         k = c.key
-        row = [c.source_label, k.model, str(k.seq_len or "—"), str(k.n_layers or "—"),
+        row = [c.source_label, k.model, k.label, str(k.seq_len or "—"), str(k.n_layers or "—"),
                k.preset or "—", k.tag or "—", k.corpus]
         row += [k.snli_mode or "—"] if task == "snli" else []
         row += [
+            _fmt_lr(k.lr),
             f"{c.params_m:.2f}M" if c.params_m else "—",
             _fmt_stat(c.stat("best_val"), task),
             "published" if c.n_seeds is None else str(c.n_seeds),
+            _fmt_plain(c.stat("epochs_run"), 1),
             _fmt_plain(c.stat("best_epoch"), 1),
             _fmt_stat(c.stat("test"), task),
+            _fmt_minutes(c.stat("train_time_s")),
+            c.devices or "—",
             _fmt_plain(c.stat("tokens_per_s"), 0),
         ]
         rows.append(row)
     return _table(header, rows)
+
+
+def lr_table(configs: list[Config], task: str) -> str:
+    """The validation means behind each lr choice (only configurations run at several lrs)."""
+    metric = "PPL" if task == "wikitext" else "acc"
+    rows = []
+    for c in configs:
+        for lr, stat in c.lr_candidates:
+            rows.append([c.key.model, c.key.label, str(c.key.seq_len or "—"), str(c.key.n_layers or "—"),
+                         c.key.preset or "—", c.key.tag or "—", _fmt_lr(lr), str(stat.n),
+                         _fmt_stat(stat, task), "**chosen**" if lr == c.key.lr else ""])
+    if not rows:
+        return ""
+    return _table(["model", "variant", "L", "N", "preset", "tag", "lr", "seeds",
+                   f"best val {metric} (mean ± std)", ""], rows)
 
 
 def _fmt_gap(measure: dict | None) -> tuple[str, str]:
@@ -105,28 +147,57 @@ def _fmt_gap(measure: dict | None) -> tuple[str, str]:
 def gap_table(gaps: list[Gap], task: str) -> str:
     """Grassmann vs Transformer per matched pair, on best validation and on test."""
     kind = "G/T PPL ratio" if task == "wikitext" else "G − T accuracy"
-    header = ["source", "L", "N", "preset", "tag/variant", "corpus", "seeds G/T",
+    header = ["source", "pairing", "L", "N", "preset", "tag/variant", "corpus", "lr G/T", "seeds G/T",
               f"best val {kind}", "95% CI", f"test {kind}", "95% CI"]
     rows = []
     for gap in gaps:
-        k, d = gap.grassmann.key, gap.to_json()
+        k, t, d = gap.grassmann.key, gap.transformer.key, gap.to_json()
         seeds = ("published" if gap.grassmann.n_seeds is None
                  else f"{gap.grassmann.n_seeds}/{gap.transformer.n_seeds}")
-        tag = k.tag if k.tag == gap.transformer.key.tag else f"{k.tag} (vs untagged T)"
-        rows.append([gap.grassmann.source_label, str(k.seq_len or "—"), str(k.n_layers or "—"),
-                     k.preset or "—", tag or "—", k.corpus, seeds,
+        tag = k.tag if k.tag == t.tag else f"{k.tag or '—'} / {t.tag or '—'}"
+        lrs = "—" if k.lr is None and t.lr is None else f"{_fmt_lr(k.lr)}/{_fmt_lr(t.lr)}"
+        rows.append([gap.grassmann.source_label, gap.pairing, str(k.seq_len or "—"), str(k.n_layers or "—"),
+                     k.preset or "—", tag or "—", k.corpus, lrs, seeds,
                      *_fmt_gap(d["best_val"]), *_fmt_gap(d["test"])])
     return _table(header, rows)
 
 
 def runs_table(runs: list[Run], task: str) -> str:
     """Every run of the task, with the corpus it used and whether it counts."""
-    header = ["run", "seed", "corpus", "data_dir", "status", "in means", "best val", "best epoch"]
-    rows = [[r.name, str(r.data.get("seed")), r.data.get("corpus", "unknown"),
-             str(r.data.get("data_dir", "—")), r.status, "yes" if r.included else "no",
+    # Only the data directory's name: the full path belongs to the machine the run was made on.
+    header = ["run", "seed", "lr", "corpus", "data dir", "status", "in means", "best val", "best epoch"]
+    rows = [[r.name, str(r.data.get("seed")), _fmt_lr(r.lr), r.data.get("corpus", "unknown"),
+             Path(str(r.data.get("data_dir", "—"))).name, r.status, "yes" if r.included else "no",
              _fmt_value(r.best_val, task), str(r.data.get("best_epoch", "—"))]
             for r in runs]
     return _table(header, rows)
+
+
+def _section_body(summary: TaskSummary, name: str, configs: list[Config]) -> list[str]:
+    """Configuration table, lr choices and gaps of one section."""
+    task = summary.task
+    out = [config_table(configs, task)]
+    lrs = lr_table(configs, task)
+    if lrs:
+        out += ["Learning rate chosen per model on validation (mean over seeds); test is never looked at:", lrs]
+    gaps = summary.gaps(name)
+    if gaps:
+        out.append(gap_table(gaps, task))
+    return out
+
+
+def _notes(summary: TaskSummary) -> list[str]:
+    """Lines about excluded and dropped runs."""
+    out = []
+    excluded = summary.excluded_runs
+    if excluded:
+        listed = ", ".join(f"{r.name} ({r.status})" for r in excluded)
+        out.append(f"Excluded from all means and gaps: {len(excluded)} run(s) that did not "
+                   f"complete: {listed}.")
+    if summary.dropped:
+        listed = ", ".join(f"`{display_path(d.path.parent)}`" for d, _ in summary.dropped)
+        out.append(f"Dropped as duplicates of a newer copy of the same configuration and seed: {listed}.")
+    return out
 
 
 def task_markdown(summary: TaskSummary) -> str:
@@ -142,31 +213,25 @@ def task_markdown(summary: TaskSummary) -> str:
         if name == "published_reference" and summary.runs:
             out.append("Published single numbers at settings with no full-corpus run of ours; "
                        "not a comparison with the runs above.")
-        out.append(config_table(configs, task))
-        gaps = summary.gaps(name)
-        if gaps:
-            out.append(gap_table(gaps, task))
+        out += _section_body(summary, name, configs)
     if summary.runs:
         out.append("### Runs")
         out.append(runs_table(summary.runs, task))
-        excluded = summary.excluded_runs
-        if excluded:
-            listed = ", ".join(f"{r.name} ({r.status})" for r in excluded)
-            out.append(f"Excluded from all means and gaps: {len(excluded)} run(s) that did not "
-                       f"complete: {listed}.")
+        out += _notes(summary)
     return "\n\n".join(out)
 
 
 def report_markdown(output_dir: Path, runs: list[Run], summaries: dict[str, TaskSummary]) -> str:
     corpora = sorted({r.data.get("corpus", "unknown") for r in runs})
     head = [
-        f"# Best results: `{output_dir}`",
+        f"# Best results: `{display_path(output_dir)}`",
         f"{len(runs)} run(s); corpora used: {', '.join(corpora)}. Only corpus \"full\" (the "
         "official splits) is compared with the paper.",
-        "Our rows: mean ± sample std (n−1) over completed seeds. Gaps: WikiText-2 ratio "
-        "exp(mean log PPL_G − mean log PPL_T) (ratio of geometric means) with Welch's 95% "
-        "t interval on log PPL; SNLI difference of mean accuracies with Welch's 95% t "
-        "interval; no interval with one seed. Published rows are single reported runs.",
+        "Our rows: mean ± sample std (n−1) over completed seeds, at the lr chosen on validation. "
+        "Gaps: WikiText-2 ratio exp(mean log PPL_G − mean log PPL_T) (ratio of geometric means) "
+        "with Welch's 95% t interval on log PPL; SNLI difference of mean accuracies with Welch's "
+        "95% t interval; no interval with one seed. Published rows are single reported runs. "
+        "Train time: training wall-clock per run, evaluation excluded.",
     ]
     return "\n\n".join(head + [task_markdown(s) for s in summaries.values()]) + "\n"
 
@@ -174,10 +239,10 @@ def report_markdown(output_dir: Path, runs: list[Run], summaries: dict[str, Task
 def summary_json(output_dir: Path, published_path: Path, runs: list[Run],
                  summaries: dict[str, TaskSummary]) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "generated_by": "scripts/analyze_best_results.py",
-        "output_dir": str(output_dir),
-        "published_file": str(published_path),
+        "output_dir": display_path(output_dir),
+        "published_file": display_path(published_path),
         "statistics": {
             "center": "mean over completed seeds",
             "spread": "sample standard deviation (ddof=1); null with one seed",
@@ -185,30 +250,96 @@ def summary_json(output_dir: Path, published_path: Path, runs: list[Run],
                       "WikiText-2 on log PPL then exponentiated (ratio of geometric means); "
                       "SNLI on accuracy; null with fewer than two seeds per side",
             "excluded": "runs whose status is not 'completed' are kept out of all statistics",
+            "duplicates": "one run per (configuration, seed): the newest completed copy",
+            "lr": "per model configuration, the lr with the best mean validation over seeds; "
+                  "test reported at that lr from its own seeds",
         },
         "runs": [{
-            "run_name": r.name, "path": str(r.path.parent), "task": r.task,
+            "run_name": r.name, "path": display_path(r.path.parent), "task": r.task,
             "model": r.data["model"], "seq_len": r.data.get("seq_len"),
             "n_layers": r.data.get("n_layers"), "preset": r.data.get("preset"),
-            "tag": r.data.get("tag") or "", "seed": r.data.get("seed"),
+            "tag": r.data.get("tag") or "", "seed": r.data.get("seed"), "lr": r.lr,
+            "block": r.block, "extra_proj": r.extra_proj,
             "corpus": r.data.get("corpus", "unknown"), "snli_mode": r.data.get("snli_mode"),
             "status": r.status, "included": r.included, "best_val": r.best_val,
             "best_epoch": r.data.get("best_epoch"), "test": r.test,
+            "train_time_s": r.data.get("train_time_s"),
         } for r in runs],
         "tasks": {task: s.to_json() for task, s in summaries.items()},
     }
 
 
+# --------------------------------------------------------------------------- blog section
+
+
+def _run_dirs(runs: list[Run]) -> str:
+    """The sweep directories the runs come from, as code spans."""
+    return ", ".join(f"`{d}/`" for d in sorted({display_path(r.path.parent.parent) for r in runs}))
+
+
+def _what_ran(configs: list[Config]) -> str:
+    """One line on how the runs were made: epochs, seeds, devices (from the runs themselves)."""
+    facts = run_facts([r for c in configs for r in c.included_runs])
+    return (f"Epochs run: {', '.join(map(str, facts['epochs']))}; seeds: {', '.join(map(str, facts['seeds']))}; "
+            f"device: {', '.join(facts['devices'])}.")
+
+
+def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files: list[Path],
+                 source: str) -> str:
+    """The generated results section of the blog (without the markers)."""
+    command = "`python scripts/analyze_best_results.py --blog blog.md`"
+    out = [f"*Generated by {command} from {source}; edit the script, not this section.*"]
+    if not runs:
+        out.append(f"No training run has been committed under `outputs/` yet; after "
+                   f"`./speedrun.sh all wikitext`, {command} fills this section.")
+    else:
+        out.append(f"Runs read: {len(runs)}, from {_run_dirs(runs)}.")
+    for task, summary in summaries.items():
+        sections = {n: c for n, c in summary.sections.items() if n != "published_reference" and c}
+        if not sections:
+            continue
+        out.append(f"### {TASK_TITLES[task]}")
+        for name, configs in sections.items():
+            title = SECTION_TITLES[name]
+            if name == "reduced_corpus":
+                title += ": the stand-in corpus, a different and much smaller training set"
+            out.append(f"#### {title}")
+            out.append(_what_ran(configs))
+            out += _section_body(summary, name, configs)
+        out += _notes(summary)
+        for stem in (f"{task}_results", f"{task}_curves"):
+            out.append(f"![{FIGURES[stem]}](images/{stem}.png)")
+    if bench_files:
+        out.append("### Speed (GPU benchmark)")
+        out += [bench_markdown(path) for path in bench_files]
+        out.append(f"![{FIGURES['speed_ratios']}](images/speed_ratios.png)")
+    return "\n\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output_dir", nargs="?", help="sweep directory (default: newest under outputs/)")
+    parser.add_argument("output_dir", nargs="?",
+                        help="sweep directory (default: newest under outputs/; with --blog, all of outputs/)")
     parser.add_argument("--published", type=Path, default=PUBLISHED_JSON,
                         help="published reference numbers (default: %(default)s)")
+    parser.add_argument("--blog", type=Path, help="rewrite the results section of this markdown file")
+    parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR,
+                        help="with --blog: benchmark JSON directory (default: results/bench/)")
     args = parser.parse_args(argv)
     try:
+        published = load_published(args.published)
+        if args.blog is not None:
+            root = Path(args.output_dir) if args.output_dir else OUTPUTS_ROOT
+            if args.output_dir is not None and not root.is_dir():
+                raise ResultsError(f"output directory not found: {root}")
+            runs = load_runs(root, allow_empty=True) if args.output_dir else load_committed_runs(root)
+            source = f"`{display_path(root)}/`" + (" and `results/bench/`" if args.bench_dir == BENCH_DIR else "")
+            section = blog_section(runs, summarize(runs, published), gpu_bench_files(args.bench_dir), source)
+            changed = replace_between_markers(args.blog, BLOG_BEGIN, BLOG_END, section)
+            print(f"{'rewrote' if changed else 'unchanged:'} results section of {args.blog}", file=sys.stderr)
+            return 0
         output_dir = resolve_output_dir(args.output_dir)
         runs = load_runs(output_dir)
-        published = load_published(args.published)
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -46,15 +46,12 @@ meaningful as a smoke test).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import math
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -71,6 +68,7 @@ from grassmann_flows.kernels import triton_available  # noqa: E402
 from grassmann_flows.models import build_model, resolve_config  # noqa: E402
 from grassmann_flows.models.attention import SelfAttention  # noqa: E402
 from grassmann_flows.models.mixer import GrassmannMixer  # noqa: E402
+from grassmann_flows.utils.env import environment  # noqa: E402
 
 IMPLS = ("naive", "fast", "fused")
 LAYERS = ("attention",) + tuple(f"grassmann-{impl}" for impl in IMPLS)
@@ -110,49 +108,8 @@ QUICK_DECODE = {"n_layers": 2, "n_positions": 32, "contexts": (8, 32), "long_pos
 # --------------------------------------------------------------------------- environment
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()}".strip()
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """What produced the numbers: device, library versions, commit (dirty = tracked edits)."""
-    triton_version = None
-    if triton_available():
-        import triton
-
-        triton_version = triton.__version__
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    now = dt.datetime.now().astimezone()
-    return {
-        "device": device_name(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "date": now.date().isoformat(),
-        "timestamp": now.isoformat(timespec="seconds"),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
-        "argv": sys.argv[1:],
-    }
 
 
 # --------------------------------------------------------------------------- timing

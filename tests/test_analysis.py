@@ -22,6 +22,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "results" / "synthetic_output"
 sys.path.insert(0, str(SCRIPTS))
 
 import _results  # noqa: E402
+import _stats  # noqa: E402
 
 PAPER_HEADING = "### Paper comparison (full corpus)"
 REDUCED_HEADING = "### Reduced-corpus results (not comparable with the paper)"
@@ -63,15 +64,15 @@ def sweep(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("df, expected", [(2, 4.302653), (10, 2.228139), (1000, 1.962339), (4, 2.776445)])
 def test_t_quantile_matches_tables(df: float, expected: float) -> None:
-    assert _results.student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
-    assert _results.student_t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-6)
-    assert _results.student_t_cdf(expected, df) == pytest.approx(0.975, abs=1e-7)
+    assert _stats.student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
+    assert _stats.student_t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-6)
+    assert _stats.student_t_cdf(expected, df) == pytest.approx(0.975, abs=1e-7)
 
 
 def test_welch_interval_known_case() -> None:
     # Equal sizes and variances: Welch df = 2(n-1) = 4, se = sqrt(1/3 + 1/3).
-    a, b = _results.make_stat([1.0, 2.0, 3.0]), _results.make_stat([2.0, 3.0, 4.0])
-    interval = _results.welch_interval(a, b)
+    a, b = _stats.make_stat([1.0, 2.0, 3.0]), _stats.make_stat([2.0, 3.0, 4.0])
+    interval = _stats.welch_interval(a, b)
     half = 2.776445 * math.sqrt(2 / 3)
     assert interval.df == pytest.approx(4.0)
     assert interval.difference == pytest.approx(-1.0)
@@ -91,25 +92,57 @@ def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- analyser
 
 
+# The fixture's duplicates (see make_fixture.py): an older completed copy and a newer
+# interrupted copy, each of which must give way to its twin.
+DROPPED = {"transformer_wikitext_L32_N2_s1", "2026-01-02_00-00-00/grassmann_wikitext_L32_N2_s0"}
+
+
+def _variant(data: dict, config: dict) -> tuple:
+    """(task, model, tag, lr, block, extra_proj, snli_mode) straight from the two JSON files."""
+    model = config.get("model") or {}
+    extra = (model.get("mixer") or {}).get("extra_proj") if data["model"] == "grassmann" else None
+    return (data["task"], data["model"], data["tag"], config["train"]["lr"], model.get("block"), extra,
+            data.get("snli_mode"))
+
+
 def _independent_groups(sweep: Path) -> dict[tuple, list[dict]]:
-    """Completed runs of the fixture grouped by (task, model, tag), read straight from disk."""
+    """Completed, non-duplicate runs of the fixture grouped by variant, read straight from disk."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for path in sweep.rglob("results.json"):
+        if str(path.parent.relative_to(sweep)) in DROPPED:
+            continue
         data = json.loads(path.read_text())
         if data["status"] == "completed":
-            groups[(data["task"], data["model"], data["tag"])].append(data)
+            groups[_variant(data, json.loads(path.with_name("config.json").read_text()))].append(data)
     return groups
 
 
-def _ours(summary: dict, task: str, section: str) -> dict[tuple, dict]:
-    return {(task, c["model"], c["tag"]): c
+def _chosen(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """Per variant without lr, the runs of the lr with the best mean validation."""
+    by_model: dict[tuple, dict[float, list[dict]]] = defaultdict(dict)
+    for key, runs in groups.items():
+        by_model[key[:3] + key[4:]][key[3]] = runs
+    out = {}
+    for key, by_lr in by_model.items():
+        metric, sign = ("best_val_ppl", 1) if key[0] == "wikitext" else ("best_val_acc", -1)
+        lr = min(by_lr, key=lambda lr: sign * np.mean([r[metric] for r in by_lr[lr]]))
+        out[key[:3] + (lr,) + key[3:]] = by_lr[lr]
+    return out
+
+
+def _ours(summary: dict, task: str, section: str = "reduced_corpus") -> dict[tuple, dict]:
+    return {(task, c["model"], c["tag"], c["lr"], c["block"], c["extra_proj"], c["snli_mode"]): c
             for c in summary["tasks"][task]["sections"][section]["configs"] if c["source"] == "ours"}
+
+
+def _gaps(summary: dict, task: str = "wikitext", section: str = "reduced_corpus") -> dict[tuple, dict]:
+    return {(g["pairing"], g["grassmann_tag"]): g for g in summary["tasks"][task]["sections"][section]["gaps"]}
 
 
 def test_means_and_stds_match_an_independent_computation(sweep: Path) -> None:
     markdown, summary = _analyze(sweep)
-    ours = {**_ours(summary, "wikitext", "reduced_corpus"), **_ours(summary, "snli", "reduced_corpus")}
-    groups = _independent_groups(sweep)
+    ours = {**_ours(summary, "wikitext"), **_ours(summary, "snli")}
+    groups = _chosen(_independent_groups(sweep))
     assert set(ours) == set(groups)
     for key, runs in groups.items():
         metric = "ppl" if key[0] == "wikitext" else "acc"
@@ -120,6 +153,7 @@ def test_means_and_stds_match_an_independent_computation(sweep: Path) -> None:
         assert config["best_val"]["mean"] == pytest.approx(best.mean(), rel=1e-12)
         assert config["test"]["mean"] == pytest.approx(test.mean(), rel=1e-12)
         assert config["best_epoch"]["mean"] == pytest.approx(np.mean([r["best_epoch"] for r in runs]))
+        assert config["train_time_s"]["mean"] == pytest.approx(np.mean([r["train_time_s"] for r in runs]))
         if len(runs) > 1:
             assert config["best_val"]["std"] == pytest.approx(best.std(ddof=1), rel=1e-12)
             assert config["test"]["std"] == pytest.approx(test.std(ddof=1), rel=1e-12)
@@ -127,30 +161,128 @@ def test_means_and_stds_match_an_independent_computation(sweep: Path) -> None:
                 assert f"{best.mean():.2f} ± {best.std(ddof=1):.2f}" in markdown
         else:
             assert config["best_val"]["std"] is None
+    # The wall-clock column: mean training time in minutes.
+    t_pre = ours[("wikitext", "transformer", "", 6e-4, "preln", None, None)]
+    assert "| train time |" in markdown and f"{t_pre['train_time_s']['mean'] / 60:,.1f} min" in markdown
+
+
+def _welch_ratio(log_g: np.ndarray, log_t: np.ndarray) -> tuple[float, float, list[float]]:
+    """(ratio, df, [low, high]) computed here with numpy and the t quantile."""
+    var_g, var_t = log_g.var(ddof=1) / len(log_g), log_t.var(ddof=1) / len(log_t)
+    df = (var_g + var_t) ** 2 / (var_g ** 2 / (len(log_g) - 1) + var_t ** 2 / (len(log_t) - 1))
+    half = _stats.student_t_quantile(0.975, df) * math.sqrt(var_g + var_t)
+    diff = log_g.mean() - log_t.mean()
+    return math.exp(diff), df, [math.exp(diff - half), math.exp(diff + half)]
 
 
 def test_gap_ratio_and_interval(sweep: Path) -> None:
     markdown, summary = _analyze(sweep)
-    gaps = {g["grassmann_tag"]: g for g in summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["gaps"]}
-    groups = _independent_groups(sweep)
-    log_g = np.log([r["best_val_ppl"] for r in groups[("wikitext", "grassmann", "")]])
-    log_t = np.log([r["best_val_ppl"] for r in groups[("wikitext", "transformer", "")]])
-    var_g, var_t = log_g.var(ddof=1) / len(log_g), log_t.var(ddof=1) / len(log_t)
-    df = (var_g + var_t) ** 2 / (var_g ** 2 / (len(log_g) - 1) + var_t ** 2 / (len(log_t) - 1))
-    half = _results.student_t_quantile(0.975, df) * math.sqrt(var_g + var_t)
-    diff = log_g.mean() - log_t.mean()
-    measure = gaps[""]["best_val"]
+    gaps = _gaps(summary)
+    groups = _chosen(_independent_groups(sweep))
+    log_g = np.log([r["best_val_ppl"] for r in groups[("wikitext", "grassmann", "", 1e-3, "paper_postln", "out", None)]])
+    log_t = np.log([r["best_val_ppl"] for r in groups[("wikitext", "transformer", "", 6e-4, "preln", None, None)]])
+    ratio, df, ci = _welch_ratio(log_g, log_t)
+    measure = gaps[("G-paper vs T-preLN", "")]["best_val"]
     assert measure["kind"] == "ratio"
-    assert measure["estimate"] == pytest.approx(math.exp(diff), rel=1e-12)
+    assert measure["estimate"] == pytest.approx(ratio, rel=1e-12)
     assert measure["df"] == pytest.approx(df, rel=1e-12)
-    assert measure["ci95"] == pytest.approx([math.exp(diff - half), math.exp(diff + half)], rel=1e-9)
+    assert measure["ci95"] == pytest.approx(ci, rel=1e-9)
     # One seed on a side: a point estimate, no interval.
-    nonorm = gaps["nonorm"]
+    nonorm = gaps[("G-paper vs T-preLN", "nonorm")]
     assert nonorm["transformer_tag"] == "" and nonorm["best_val"]["ci95"] is None
     assert nonorm["best_val"]["note"] == "n/a (1 seed)"
-    snli_gap = summary["tasks"]["snli"]["sections"]["reduced_corpus"]["gaps"][0]["best_val"]
-    assert snli_gap["kind"] == "difference" and snli_gap["note"] == "n/a (1 seed)"
+    snli_gaps = summary["tasks"]["snli"]["sections"]["reduced_corpus"]["gaps"]
+    assert {g["snli_mode"] for g in snli_gaps} == {"scratch", "distilbert"}
+    assert all(g["best_val"]["kind"] == "difference" and g["best_val"]["note"] == "n/a (1 seed)" for g in snli_gaps)
     assert "n/a (1 seed)" in markdown
+
+
+def test_controls_are_paired_by_their_config_fields(sweep: Path) -> None:
+    """G-paper vs T-preLN, G-paper vs T-postLN and G-no-extra vs T, whatever the directory names."""
+    markdown, summary = _analyze(sweep)
+    gaps = _gaps(summary)
+    assert set(gaps) == {("G-paper vs T-preLN", ""), ("G-paper vs T-postLN", ""),
+                         ("G-no-extra vs T-preLN", ""), ("G-paper vs T-preLN", "nonorm")}
+    post = gaps[("G-paper vs T-postLN", "")]
+    assert post["transformer_block"] == "postln" and post["transformer_tag"] == "ctl"
+    no_extra = gaps[("G-no-extra vs T-preLN", "")]
+    assert no_extra["grassmann_extra_proj"] == "none" and no_extra["transformer_block"] == "preln"
+    groups = _independent_groups(sweep)
+    log_g = np.log([r["best_val_ppl"] for r in groups[("wikitext", "grassmann", "", 6e-4, "paper_postln", "none", None)]])
+    log_t = np.log([r["best_val_ppl"] for r in groups[("wikitext", "transformer", "", 6e-4, "preln", None, None)]])
+    assert no_extra["best_val"]["estimate"] == pytest.approx(_welch_ratio(log_g, log_t)[0], rel=1e-12)
+    assert "| ours | G-paper vs T-postLN |" in markdown and "| ours | G-no-extra vs T-preLN |" in markdown
+
+
+def test_one_transformer_pairs_with_every_preset() -> None:
+    """A Transformer keyed once (any or no preset) is the baseline of every Grassmann preset."""
+    def config(model: str, preset: str | None, block: str | None = None) -> _results.Config:
+        key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
+                                 preset=preset, tag="", corpus="full", snli_mode=None, block=block,
+                                 extra_proj="out" if preset == "paper" else ("none" if model == "grassmann" else None))
+        return _results.Config(key)
+
+    grassmann = [config("grassmann", p) for p in ("paper", "preln_all_offsets", "preln_per_layer")]
+    for t_preset in (None, "paper"):
+        transformer = config("transformer", t_preset, "preln")
+        gaps = _results.pair_configs(grassmann + [transformer])
+        assert sorted(g.grassmann.key.preset for g in gaps) == sorted(c.key.preset for c in grassmann)
+        assert all(g.transformer is transformer for g in gaps)
+    # A Transformer of the same preset, when there is one, is preferred.
+    own = config("transformer", "preln_all_offsets", "preln")
+    gaps = _results.pair_configs(grassmann + [config("transformer", None, "preln"), own])
+    assert next(g for g in gaps if g.grassmann.key.preset == "preln_all_offsets").transformer is own
+    assert len(gaps) == 3
+
+
+def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
+    """At lr 1e-3 the fixture's Grassmann validates better and tests worse than at 6e-4."""
+    markdown, summary = _analyze(sweep)
+    groups = _independent_groups(sweep)
+    runs = {lr: groups[("wikitext", "grassmann", "", lr, "paper_postln", "out", None)] for lr in (6e-4, 1e-3)}
+    val = {lr: np.mean([r["best_val_ppl"] for r in rs]) for lr, rs in runs.items()}
+    test = {lr: np.mean([r["test"]["ppl"] for r in rs]) for lr, rs in runs.items()}
+    assert val[1e-3] < val[6e-4] and test[1e-3] > test[6e-4]  # the fixture really disagrees
+    config = _ours(summary, "wikitext")[("wikitext", "grassmann", "", 1e-3, "paper_postln", "out", None)]
+    assert config["lr"] == 1e-3
+    assert config["test"]["mean"] == pytest.approx(test[1e-3], rel=1e-12)
+    assert sorted(config["seeds"]) == sorted(r["seed"] for r in runs[1e-3])
+    assert [c["lr"] for c in config["lr_selection"]] == [6e-4, 1e-3]
+    # The Transformer's better validation is at 6e-4: each model gets its own lr.
+    assert ("wikitext", "transformer", "", 6e-4, "preln", None, None) in _ours(summary, "wikitext")
+    assert "| grassmann | G-paper | 32 | 2 | paper | — | 0.001 | 3 |" in markdown and "**chosen**" in markdown
+
+
+def test_duplicates_keep_the_newest_finished_copy(sweep: Path) -> None:
+    proc = _run_script("analyze_best_results.py", str(sweep))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((sweep / "best_results_summary.json").read_text())
+    dropped = summary["tasks"]["wikitext"]["dropped_duplicates"]
+    assert {str(Path(d["dropped"]).relative_to(sweep)) for d in dropped} == DROPPED
+    assert sum("dropped duplicate run" in line for line in proc.stderr.splitlines()) == 2
+    newer = json.loads((sweep / "2026-01-02_00-00-00" / "transformer_wikitext_L32_N2_s1" / "results.json").read_text())
+    config = _ours(summary, "wikitext")[("wikitext", "transformer", "", 6e-4, "preln", None, None)]
+    assert config["seeds"] == [0, 1, 2] and newer["best_val_ppl"] in config["best_val"]["values"]
+    g_paper = config = [c for c in summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]
+                        if c["label"] == "G-paper" and c["tag"] == ""][0]
+    assert next(c for c in g_paper["lr_selection"] if c["lr"] == 6e-4)["best_val"]["n"] == 3  # not 4
+
+
+def test_snli_modes_pair_with_their_published_numbers(sweep: Path) -> None:
+    """DistilBERT-head runs sit beside the paper's Table 3, from-scratch runs beside the reproductions'."""
+    for path in sweep.rglob("results.json"):
+        data = json.loads(path.read_text())
+        if data["task"] == "snli":
+            path.write_text(json.dumps(dict(data, corpus="full")))
+    _, summary = _analyze(sweep)
+    configs = summary["tasks"]["snli"]["sections"]["paper_comparison"]["configs"]
+    published = {(c["source"], c["snli_mode"]) for c in configs if c["source"] != "ours"}
+    assert ("paper", "distilbert") in published and ("alphaxiv_v1", "scratch") in published
+    assert ("paper", "scratch") not in published and ("alphaxiv_v1", "distilbert") not in published
+    gaps = summary["tasks"]["snli"]["sections"]["paper_comparison"]["gaps"]
+    ours = [g for g in gaps if g["source"] == "ours"]
+    assert sorted(g["snli_mode"] for g in ours) == ["distilbert", "scratch"]
+    assert all(g["test"]["kind"] == "difference" for g in ours)
 
 
 def test_custom_corpus_is_never_compared_with_the_paper(sweep: Path) -> None:
@@ -194,9 +326,8 @@ def test_diverged_runs_are_listed_and_excluded(sweep: Path) -> None:
     markdown, summary = _analyze(sweep)
     excluded = summary["tasks"]["wikitext"]["excluded_runs"]
     assert [(e["run_name"], e["status"]) for e in excluded] == [("grassmann_wikitext_L32_N2_s3", "diverged")]
-    config = _ours(summary, "wikitext", "reduced_corpus")[("wikitext", "grassmann", "")]
-    assert "grassmann_wikitext_L32_N2_s3" not in config["run_names"]
-    assert config["seeds"] == [0, 1, 2]
+    for config in summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]:
+        assert "grassmann_wikitext_L32_N2_s3" not in config["run_names"]
     assert "Excluded from all means and gaps" in markdown
     assert "grassmann_wikitext_L32_N2_s3 (diverged)" in markdown
 
@@ -222,9 +353,8 @@ def test_missing_or_empty_directory_fails_with_one_line(tmp_path: Path, make_dir
 # --------------------------------------------------------------------------- visualiser
 
 
-def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
-    # A benchmark JSON in the schema of scripts/benchmark.py, with a skipped row.
-    bench = tmp_path / "bench.json"
+def _bench_doc(gpu: str | None) -> dict:
+    """A benchmark JSON in the schema of scripts/benchmark.py, with a skipped row."""
     layers = {"attention": 1.0, "grassmann-naive": 6.0, "grassmann-fast": 2.0}
     mixer = [{"L": L, "B": 4096 // L, "tokens": 4096, "layer": layer, "ms": ms * L / 256, "peak_mb": L / 4.0}
              for L in (256, 1024) for layer, ms in layers.items()]
@@ -233,13 +363,203 @@ def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
               "tokens_per_s": B * L / (ms / 1e3)}
              for L, N, B in ((128, 6, 32), (256, 12, 16)) for name, ms in (("transformer", 10.0),
                                                                         ("grassmann-fast", 20.0))]
-    bench.write_text(json.dumps({"env": {"device": "synthetic", "date": "2026-01-01"},
-                                 "mixer": mixer, "model": model, "projection": None}))
+    return {"env": {"device": gpu or "cpu x86_64", "gpu": gpu, "date": "2026-01-01"},
+            "mixer": mixer, "model": model, "projection": None}
+
+
+def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
+    import _bench
+
+    (tmp_path / "a-cpu.json").write_text(json.dumps(_bench_doc(None)))
+    (tmp_path / "b-gpu.json").write_text(json.dumps(_bench_doc("synthetic GPU")))
+    assert [p.name for p in _bench.gpu_bench_files(tmp_path)] == ["b-gpu.json"]
+    doc = _bench_doc("synthetic GPU")
+    mixer = {(r["layer"], r["L"]): r["ratio"] for r in _bench.mixer_ratios(doc)}
+    assert mixer == pytest.approx({("grassmann-fast", 256): 2.0, ("grassmann-fast", 1024): 2.0,
+                                   ("grassmann-naive", 256): 6.0, ("grassmann-naive", 1024): 6.0})
+    assert [r["ratio"] for r in _bench.model_ratios(doc)] == pytest.approx([2.0, 2.0])
+    text = _bench.bench_markdown(tmp_path / "b-gpu.json")
+    assert "| grassmann-naive | 256 | 6.000 | 1.000 | 6.00× |" in text and "2.00×" in text
+
+
+def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(_bench_doc("synthetic GPU")))
     out = tmp_path / "images"
     proc = _run_script("visualize_results.py", str(sweep), "--out", str(out), "--bench", str(bench))
     assert proc.returncode == 0, proc.stderr
-    stems = ["wikitext_results", "snli_results", "wikitext_val_curves", "snli_val_curves", "speed_scaling"]
+    stems = ["published_numbers", "param_breakdown", "wikitext_results", "snli_results", "wikitext_curves",
+             "snli_curves", "speed_ratios"]
+    assert set(stems) == set(_results.FIGURES)  # every figure has its alt text, and only those
     for stem in stems:
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()[:2000]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{e}" for s in stems for e in ("png", "svg"))
+
+
+def test_committed_parameter_breakdown_is_current() -> None:
+    """results/params/breakdown.json is what scripts/param_breakdown.py writes, and sums exactly."""
+    sys.path.insert(0, str(REPO / "src"))
+    import param_breakdown
+
+    committed = json.loads((REPO / "results" / "params" / "breakdown.json").read_text())
+    assert committed["rows"] == param_breakdown.rows()
+    totals = {(r["model"], r["n_layers"]): r["total"] for r in committed["rows"]}
+    assert totals == {("transformer", 6): 12_585_472, ("grassmann", 6): 13_001_920,
+                      ("transformer", 12): 17_324_032, ("grassmann", 12): 18_156_928}
+    for row in committed["rows"]:
+        assert sum(row["components"].values()) == row["total"]
+
+
+# --------------------------------------------------------------------------- blog section and records
+
+BLOG_TEXT = "# Title\n\nProse before, 1234.\n\n<!-- results:begin -->\nstale\n<!-- results:end -->\n\nProse after.\n"
+
+
+def _blog(sweep: Path, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    blog = tmp_path / "blog.md"
+    if not blog.exists():
+        blog.write_text(BLOG_TEXT)
+    (tmp_path / "no_bench").mkdir(exist_ok=True)
+    proc = _run_script("analyze_best_results.py", "--blog", str(blog), str(sweep),
+                       "--bench-dir", str(tmp_path / "no_bench"))
+    assert proc.returncode == 0, proc.stderr
+    return blog, proc
+
+
+def _marker_section(text: str) -> str:
+    return text[text.index("<!-- results:begin -->"):text.index("<!-- results:end -->")]
+
+
+def test_blog_section_regenerates_identically_between_the_markers(sweep: Path, tmp_path: Path) -> None:
+    blog, _ = _blog(sweep, tmp_path)
+    first = blog.read_text()
+    assert first.startswith("# Title\n\nProse before, 1234.\n\n<!-- results:begin -->\n")
+    assert first.endswith("<!-- results:end -->\n\nProse after.\n") and "stale" not in first
+    _, proc = _blog(sweep, tmp_path)
+    assert blog.read_text() == first and "unchanged" in proc.stderr
+    section = _marker_section(first)
+    assert "Reduced-corpus results (not comparable with the paper)" in section
+    assert "Paper" not in section and "alphaXiv" not in section  # no published number beside these runs
+    for stem in ("wikitext_results", "wikitext_curves", "snli_results", "snli_curves"):
+        assert f"![{_results.FIGURES[stem]}](images/{stem}.png)" in section
+
+
+def _numbers(obj) -> list[float]:
+    """Every number in a JSON document."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)] if math.isfinite(obj) else []
+    values = obj.values() if isinstance(obj, dict) else obj
+    return [v for item in values for v in _numbers(item)]
+
+
+def _derived(groups: dict[tuple, list[dict]]) -> list[float]:
+    """Means, stds and counts over seeds of every group, and every G-vs-T gap with its interval."""
+    out: list[float] = []
+    getters = [lambda r: r["best_val_ppl"] if r["task"] == "wikitext" else r["best_val_acc"],
+               lambda r: r["test"]["ppl" if r["task"] == "wikitext" else "acc"],
+               lambda r: r["best_epoch"], lambda r: r["train_time_s"], lambda r: r["tokens_per_s"],
+               lambda r: r["params"], lambda r: len(r["epochs"])]
+    for runs in groups.values():
+        out.append(len(runs))
+        for get in getters:
+            values = np.array([get(r) for r in runs], dtype=float)
+            out += [values.mean()] + ([values.std(ddof=1)] if len(values) > 1 else [])
+    for gk, g_runs in groups.items():
+        for tk, t_runs in groups.items():
+            if gk[1] != "grassmann" or tk[1] != "transformer" or (gk[0], gk[6]) != (tk[0], tk[6]):
+                continue
+            for get in getters[:2]:
+                g, t = np.array([get(r) for r in g_runs]), np.array([get(r) for r in t_runs])
+                if gk[0] == "wikitext":
+                    if len(g) > 1 and len(t) > 1:
+                        ratio, df, ci = _welch_ratio(np.log(g), np.log(t))
+                        out += [ratio, df, *ci]
+                    else:
+                        out.append(math.exp(np.log(g).mean() - np.log(t).mean()))
+                else:
+                    out.append(g.mean() - t.mean())
+    return out
+
+
+def test_every_number_in_the_blog_section_comes_from_the_fixture(sweep: Path, tmp_path: Path) -> None:
+    blog, _ = _blog(sweep, tmp_path)
+    section = _marker_section(blog.read_text())
+    # Code spans (paths, commands) and image lines are names, not numbers; so are these labels.
+    text = re.sub(r"`[^`]*`|!\[[^\]]*\]\([^)]*\)", " ", section)
+    for label in ("WikiText-2", "95% CI", "G/T", "lr G/T", "seeds G/T"):
+        text = text.replace(label, " ")
+    raw = [v for path in sweep.rglob("*.json") if path.name != "best_results_summary.json"
+           for v in _numbers(json.loads(path.read_text()))]
+    n_files = len(list(sweep.rglob("results.json")))  # "Runs read: N"
+    allowed = raw + _derived(_independent_groups(sweep)) + [n_files]
+    tokens = re.findall(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?", text)
+    assert len(tokens) > 50  # the section really holds the tables
+    for token in tokens:
+        x = float(token.replace(",", ""))
+        decimals = len(token.split(".")[1]) if "." in token else 0
+        tol = 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
+        scaled = [t for v in allowed for t in (v, 100 * v, v / 60, v / 1e6)]
+        assert any(abs(abs(x) - abs(t)) <= tol for t in scaled), f"{token} traces to no fixture value"
+
+
+def test_blog_without_runs_says_so_in_one_sentence(tmp_path: Path) -> None:
+    empty = tmp_path / "outputs"
+    empty.mkdir()
+    blog, _ = _blog(empty, tmp_path)
+    body = _marker_section(blog.read_text()).split("\n", 1)[1].strip().split("\n\n")
+    assert body[0].startswith("*Generated by") and len(body) == 2
+    assert body[1].startswith("No training run has been committed") and body[1].count(". ") == 0
+
+
+def test_blog_and_figures_read_only_runs_git_tracks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = tmp_path / "repo"
+    for name in ("kept", "local"):
+        shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", repo / "outputs" / name)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "outputs/kept"], check=True)
+    runs = _results.load_committed_runs(repo / "outputs", repo)
+    assert [r.path.parent.name for r in runs] == ["kept"]
+    assert "left out 1 run(s)" in capsys.readouterr().err
+
+
+def test_committed_blog_and_readme_tables_are_current(tmp_path: Path) -> None:
+    """blog.md's results section and README's records table are what the scripts write today."""
+    blog = tmp_path / "blog.md"
+    shutil.copyfile(REPO / "blog.md", blog)
+    proc = _run_script("analyze_best_results.py", "--blog", str(blog))
+    assert proc.returncode == 0, proc.stderr
+    assert blog.read_text() == (REPO / "blog.md").read_text()
+    readme = tmp_path / "README.md"
+    shutil.copyfile(REPO / "README.md", readme)
+    proc = _run_script("make_record.py", "--index-only", "--readme", str(readme))
+    assert proc.returncode == 0, proc.stderr
+    assert readme.read_text() == (REPO / "README.md").read_text()
+
+
+def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) -> None:
+    records, readme = tmp_path / "records", tmp_path / "README.md"
+    readme.write_text("# R\n\n<!-- records:begin -->\n<!-- records:end -->\n")
+    args = ["make_record.py", str(sweep), "--records-dir", str(records), "--readme", str(readme),
+            "--setting", "fixture", "--date", "2026-01-03", "--command", "./speedrun.sh all all"]
+    assert _run_script(*args).returncode == 0
+    record = records / "2026-01-03_fixture"
+    snapshot = {p.relative_to(record): p.read_bytes() for p in record.rglob("*") if p.is_file()}
+    first_readme = readme.read_text()
+    proc = _run_script(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.relative_to(record): p.read_bytes() for p in record.rglob("*") if p.is_file()} == snapshot
+    assert readme.read_text() == first_readme
+    meta = json.loads((record / "record.json").read_text())
+    assert meta["command"] == "./speedrun.sh all all" and meta["n_runs"] == 23
+    assert "NOT comparable with the paper" in meta["label"]
+    assert json.loads((record / "summary.json").read_text())["schema_version"] == 2
+    assert (record / "runs" / "control_a_s0" / "metrics.jsonl").is_file()
+    assert not list(record.rglob("*.pt"))
+    assert "./speedrun.sh all all" in (record / "README.md").read_text()
+    assert "[2026-01-03_fixture](records/2026-01-03_fixture/)" in first_readme
+    bad = _run_script("make_record.py", str(sweep), "--records-dir", str(records), "--readme", str(readme),
+                      "--setting", "../escape")
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error:")

@@ -58,12 +58,16 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert len(res["epochs"]) == 2 and res["best_epoch"] in (1, 2)
     best = min(res["epochs"], key=lambda e: e["val_loss"])
     assert res["best_val_ppl"] == pytest.approx(best["val_ppl"])
-    assert res["test"]["ppl"] > 1 and res["tokens_per_s"] > 0
+    assert res["test"]["ppl"] > 1 and res["tokens_per_s"] > 0 and res["first_step_s"] > 0
+    assert res["epochs_run"] == 2 and res["stopped_early"] is False
     assert {"git_sha", "torch", "python"} <= set(res["env"])
+    # the uncommitted edits behind the SHA, exactly when there are some
+    assert (run / "git.diff").is_file() == bool(res["env"]["git_dirty"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["mixer"]["offsets"] == [1, 2, 4, 8, 12, 16] and cfg["train"]["epochs"] == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"step", "eval"}
+    assert all(r["step_ms"] > 0 for r in records if r["kind"] == "step")
     assert [r["epoch"] for r in records if r["kind"] == "eval" and r["split"] == "validation"] == [1, 2]
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["meta"]["state"]["best_epoch"] == res["best_epoch"]

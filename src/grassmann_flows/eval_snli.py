@@ -50,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, meta, path = load_run(path, {}, device)
         task = SNLITask(splits)
-    print(f"evaluating {path} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} pairs")
-    m = task.evaluate(model.to(device), args.split, device, args.batch_size, args.max_batches)
+    precision = meta["train"]["precision"]  # evaluate as the run was trained and validated
+    print(f"evaluating {path} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} "
+          f"pairs, precision {precision}")
+    m = task.evaluate(model.to(device), args.split, device, args.batch_size, args.max_batches, precision)
     print(f"EVAL split={args.split} acc={m['acc']:.4f} loss={m['loss']:.4f} n={m['n']}")
     print("per-class accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in m["per_class_acc"].items()))
     print("confusion (rows gold, columns predicted; " + "/".join(LABELS) + "): " + str(m["confusion"]))
     out = path.parent / f"eval_{args.split}.json"
-    out.write_text(json.dumps({"checkpoint": str(path), "split": args.split, "corpus": meta["data"]["corpus"], **m},
-                              indent=2) + "\n")
+    out.write_text(json.dumps({"checkpoint": str(path), "split": args.split, "corpus": meta["data"]["corpus"],
+                               "precision": precision, **m}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -32,11 +32,11 @@ from .training import autocast, resolve_device
 
 @torch.no_grad()
 def evaluate_sliding(model: nn.Module, tokens: np.ndarray, seq_len: int, stride: int,
-                     batch_size: int, device: torch.device) -> dict[str, Any]:
+                     batch_size: int, device: torch.device, precision: str = "auto") -> dict[str, Any]:
     """Perplexity with overlapping windows: tokens (n,) -> loss, ppl, n_targets.
 
     Window w covers tokens[w*S : w*S + L + 1]; it scores its last S targets (all L
-    for the first window), so each target is scored exactly once.
+    for the first window), so each target is scored exactly once. precision: the run's.
     """
     if not 0 < stride <= seq_len:
         raise ValueError(f"--sliding-window must be in [1, seq_len={seq_len}], got {stride}")
@@ -46,7 +46,7 @@ def evaluate_sliding(model: nn.Module, tokens: np.ndarray, seq_len: int, stride:
     for b in range(0, len(starts), batch_size):
         chunk = starts[b:b + batch_size]
         win = torch.stack([ids[s:s + seq_len + 1] for s in chunk]).to(device)
-        with autocast(device, "auto"):
+        with autocast(device, precision):
             logits = model(win[:, :-1])
         nll = F.cross_entropy(logits.flatten(0, 1).float(), win[:, 1:].flatten(), reduction="none").view(len(chunk), -1)
         for row, s in zip(nll, chunk):
@@ -85,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     data_cfg = LMDataConfig(**{k: v for k, v in meta["data"].items() if k in LMDataConfig.__dataclass_fields__})
     data_dir = resolve_data_dir(args.data_dir or meta["data"]["data_dir"])
     ds = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())[args.split]
-    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split}: {ds.n_targets:,} targets", flush=True)
+    precision = meta["train"]["precision"]  # evaluate as the run was trained and validated
+    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split}: {ds.n_targets:,} targets, "
+          f"precision {precision}", flush=True)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "split": args.split, "corpus": meta["data"]["corpus"],
-                              "blocks": evaluate_blocks(model, ds, device, args.batch_size, args.max_batches)}
+                              "precision": precision,
+                              "blocks": evaluate_blocks(model, ds, device, args.batch_size, args.max_batches,
+                                                        precision)}
     print(f"EVAL split={args.split} mode=blocks loss={result['blocks']['loss']:.4f} ppl={result['blocks']['ppl']:.2f}")
     if args.sliding_window:
         result["sliding"] = evaluate_sliding(model, ds.tokens, data_cfg.seq_len, args.sliding_window,
-                                             args.batch_size, device)
+                                             args.batch_size, device, precision)
         print(f"EVAL split={args.split} mode=sliding stride={args.sliding_window} "
               f"loss={result['sliding']['loss']:.4f} ppl={result['sliding']['ppl']:.2f}")
     out = ckpt.parent / f"eval_{args.split}.json"

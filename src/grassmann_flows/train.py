@@ -49,20 +49,23 @@ class LMTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device, batch_size: int,
-                 max_batches: int = 0) -> dict[str, Any]:
+                 max_batches: int = 0, precision: str = "auto") -> dict[str, Any]:
         """Token-weighted perplexity over the split's non-overlapping blocks."""
-        return evaluate_blocks(model, self.splits[split], device, batch_size, max_batches)
+        return evaluate_blocks(model, self.splits[split], device, batch_size, max_batches, precision)
 
 
 @torch.no_grad()
 def evaluate_blocks(model: nn.Module, ds: LMBlocks, device: torch.device, batch_size: int,
-                    max_batches: int = 0) -> dict[str, Any]:
-    """exp(total cross-entropy / total targets): every target token weighs the same."""
+                    max_batches: int = 0, precision: str = "auto") -> dict[str, Any]:
+    """exp(total cross-entropy / total targets): every target token weighs the same.
+
+    precision: the run's (see `training.autocast`), so that evaluation computes what training did.
+    """
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in eval_batches(ds, batch_size, max_batches, device):
-        with autocast(device, "auto"):
+        with autocast(device, precision):
             logits = model(x)
         total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
                                  reduction="sum").double()

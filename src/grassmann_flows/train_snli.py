@@ -29,7 +29,7 @@ from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, d
                    parse_option, run_name)
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
-from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device
+from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device, to_device
 
 # SNLI defaults (the paper: 20 epochs; nothing else stated for the classifiers).
 SNLI_DEFAULTS = {"epochs": 20, "batch_size": 32, "lr": 3e-4}
@@ -46,7 +46,7 @@ def _head_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
 def _fetch(ds: Any, idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
     # Cached DistilBERT features read a whole batch at once (padded to its longest sentence).
     if isinstance(ds, CachedFeatureDataset):
-        return {k: v.to(device, non_blocking=True) for k, v in ds[idx].items()}
+        return {k: to_device(v, device) for k, v in ds[idx].items()}
     return gather_batch(ds, idx, device)
 
 
@@ -78,15 +78,16 @@ class SNLITask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device, batch_size: int,
-                 max_batches: int = 0) -> dict[str, Any]:
-        """Accuracy, mean loss, per-class accuracy and the confusion matrix (rows = gold)."""
+                 max_batches: int = 0, precision: str = "auto") -> dict[str, Any]:
+        """Accuracy, mean loss, per-class accuracy and the confusion matrix (rows = gold),
+        under the run's `precision` (see `training.autocast`)."""
         ds = self.splits[split]
         was_training = model.training
         model.eval()
         confusion = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
         total_loss = 0.0
         for batch in eval_batches(ds, batch_size, max_batches, device, fetch=_fetch):
-            with autocast(device, "auto"):
+            with autocast(device, precision):
                 logits = self.forward(model, batch).float()
             total_loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
             pairs = batch["labels"].cpu() * len(LABELS) + logits.argmax(-1).cpu()

@@ -15,7 +15,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -28,7 +28,7 @@ from .data.sources import atomic_write
 from .utils import distributed
 from .utils.checkpoint import (CheckpointError, config_mismatch, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
-from .utils.env import environment
+from .utils.env import environment, save_git_diff
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = batch_size
     log_every: int = 50
     stop_after_steps: int = 0  # save last.pt and stop after this many steps (0 = never)
+    patience: int = 0  # stop after this many evaluations without a validation improvement (0 = off)
 
 
 class Task(Protocol):
@@ -73,9 +74,11 @@ class Task(Protocol):
         ...
 
     def evaluate(
-        self, model: nn.Module, split: str, device: torch.device, batch_size: int, max_batches: int
+        self, model: nn.Module, split: str, device: torch.device, batch_size: int, max_batches: int,
+        precision: str,
     ) -> dict[str, Any]:
-        """Metrics of a split: at least "loss" and the task's `metric`."""
+        """Metrics of a split, under the run's `precision` (see `autocast`): at least "loss"
+        and the task's `metric`."""
         ...
 
 
@@ -104,6 +107,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """One line: how many parameter tensors and elements each group holds, and its weight decay."""
+    groups = [f"{len(g['params'])} tensors ({sum(p.numel() for p in g['params']):,} parameters) at weight decay "
+              f"{g['weight_decay']}" for g in optimizer.param_groups]
+    return f"optimizer {type(optimizer).__name__}: " + ", ".join(groups)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup over `warmup_steps`, then cosine from lr to lr * min_lr_ratio."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -121,7 +131,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks at step and epoch boundaries."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -134,6 +144,14 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        """Whether any rank has received a signal. Ranks may see one a step apart; asking
+        all of them makes them stop (and checkpoint) at the same step."""
+        return distributed.any_rank(self.signal is not None)
+
+    def reason(self) -> str:
+        return f"received {self.signal or 'a signal on another rank'}"
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
@@ -166,12 +184,23 @@ class Log:
             print(text, flush=True)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device` without making the host wait for the copy.
+
+    On CUDA the tensor is pinned first: a copy from pageable memory is synchronous
+    whatever `non_blocking` says.
+    """
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def gather_batch(ds: Any, idx: list[int], device: torch.device) -> Any:
     """Stack items `idx` of a dataset whose items are tuples or dicts of tensors."""
     items = [ds[i] for i in idx]
     if isinstance(items[0], dict):
-        return {k: torch.stack([it[k] for it in items]).to(device, non_blocking=True) for k in items[0]}
-    return tuple(torch.stack(col).to(device, non_blocking=True) for col in zip(*items))
+        return {k: to_device(torch.stack([it[k] for it in items]), device) for k in items[0]}
+    return tuple(to_device(torch.stack(col), device) for col in zip(*items))
 
 
 def eval_batches(ds: Any, batch_size: int, max_batches: int, device: torch.device,
@@ -202,6 +231,82 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint must hold to continue it exactly.
+
+    Saved with `asdict` as the "state" of every checkpoint's metadata; --resume loads it back.
+    """
+
+    epoch: int = 0  # the epoch in progress (0-based); at an epoch's end, the epochs finished
+    step_in_epoch: int = 0  # steps of that epoch already taken
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per evaluated epoch
+    best: float | None = None  # the best validation value of the task's metric so far
+    best_epoch: int | None = None  # 1-based
+    train_time_s: float = 0.0  # training wall-clock: no evaluation, no process's first step
+    train_tokens: int = 0  # input tokens of the steps that train_time_s times, over all ranks
+    first_step_s: float = 0.0  # each process's first step (torch.compile compiles there), summed
+    epoch_loss_sum: float = 0.0  # the epoch's training losses read on the host so far
+    epoch_loss_n: int = 0
+
+    def evals_since_best(self) -> int:
+        """Evaluations (one per epoch) since the best validation score."""
+        return len(self.history) - (self.best_epoch or 0)
+
+
+@dataclass
+class _Loop:
+    """What the step loop needs besides the state: built once per process by `fit`, never saved."""
+
+    model: nn.Module  # the plain model: clipped, evaluated and checkpointed
+    train_model: nn.Module  # what the steps run: `model`, wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    task: Task
+    cfg: TrainConfig
+    device: torch.device
+    log: Log
+    steps_per_epoch: int
+    total_steps: int
+    first_step: int | None = None  # global step of this process's first step, timed apart
+
+
+class _StepTimer:
+    """Wall-clock of an epoch's steps, read between steps.
+
+    On CUDA every reading synchronises first, so that the steps queued so far are inside it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = self.mark = self._now()
+        self.steps = 0  # steps taken since `mark`
+        self.excluded = 0.0  # seconds of steps left out of `total` and step times
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def exclude(self) -> float:
+        """Leave the time since the mark out (a first step), and return it."""
+        now = self._now()
+        seconds, self.mark, self.steps = now - self.mark, now, 0
+        self.excluded += seconds
+        return seconds
+
+    def window_ms(self) -> float | None:
+        """Mean milliseconds per step since the mark (None without a step), and a new mark."""
+        now = self._now()
+        ms = 1e3 * (now - self.mark) / self.steps if self.steps else None
+        self.mark, self.steps = now, 0
+        return ms
+
+    def total(self) -> float:
+        """Seconds since the epoch began, less the excluded steps."""
+        return self._now() - self.start - self.excluded
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -214,7 +319,8 @@ def fit(
 
     run_info: what identifies the run (config dicts, names); it is saved in
     config.json and in every checkpoint's metadata and checked on --resume.
-    Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json.
+    Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json, and
+    git.diff when the checkout has uncommitted edits.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     device = distributed.init(resolve_device(cfg.device))
@@ -232,20 +338,20 @@ def fit(
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ValueError(f"the {task.name} training split has fewer than batch_size={cfg.batch_size} items")
-    total_steps = cfg.epochs * steps_per_epoch
     identity = {**run_info, "train": asdict(cfg)}
     log = Log(run_dir, enabled=distributed.is_rank0())
+    log.line(describe_optimizer(optimizer))
 
-    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
-                             "best": None, "best_epoch": None, "train_time_s": 0.0, "train_tokens": 0,
-                             "epoch_loss_sum": 0.0, "epoch_loss_n": 0}
+    state = TrainState()
     if resume:
         state = _resume(run_dir / "last.pt", model, optimizer, identity, device)
-        log.line(f"resumed from {run_dir / 'last.pt'} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+        log.line(f"resumed from {run_dir / 'last.pt'} at epoch {state.epoch + 1}, step {state.global_step}")
     elif log.enabled:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    env = environment(device)
     if log.enabled:
         (run_dir / "config.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        save_git_diff(run_dir / "git.diff", env["git_dirty"])
 
     # DDP averages the gradients across ranks during backward. `model` itself is what is
     # evaluated and checkpointed, so state_dict keys never get DDP's "module." prefix.
@@ -255,6 +361,8 @@ def fit(
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     if use_compile:
         train_model = torch.compile(train_model, mode=cfg.compile_mode)
+    loop = _Loop(model, train_model, optimizer, task, cfg, device, log, steps_per_epoch,
+                 total_steps=cfg.epochs * steps_per_epoch)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -264,92 +372,42 @@ def fit(
         # so a resumed run continues every rank's dropout stream exactly.
         rngs = distributed.gather_objects(rng_state())
         if distributed.is_rank0():
-            save_checkpoint(run_dir / name, model, {**identity, "state": state}, optimizer, rngs)
+            save_checkpoint(run_dir / name, model, {**identity, "state": asdict(state)}, optimizer, rngs)
 
-    status, stop_reason = "completed", None
+    status, stop_reason, stopped_early = "completed", None, False
     with StopRequest() as stop:
-        for epoch in range(state["epoch"], cfg.epochs):
-            state["epoch"] = epoch
-            order = epoch_order(task.n_train(), cfg.seed, epoch)
-            model.train()
-            bar = log.bar(steps_per_epoch, state["step_in_epoch"], f"epoch {epoch + 1}/{cfg.epochs}")
-            # (step, loss, tokens) not yet read on the host
-            pending: list[tuple[int, torch.Tensor, int | torch.Tensor]] = []
-            t0 = time.perf_counter()
-            for b in range(state["step_in_epoch"], steps_per_epoch):
-                step = state["global_step"]
-                lr = lr_at(step, total_steps, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # This rank's equal slice of the global batch; together the slices are the
-                # single-process batch. DDP's gradient average is then the gradient of the
-                # global mean loss, as every slice holds as many loss terms (one per SNLI
-                # pair; seq_len, or seq_len - 1 with l_shift, targets per LM block).
-                rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].view(world, -1)[rank]
-                batch = task.train_batch(rows, device)
-                with autocast(device, cfg.precision):
-                    loss, n_items = task.loss(train_model, batch)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["global_step"] += 1
-                state["step_in_epoch"] = b + 1
-                pending.append((step, loss.detach(), n_items))
-                bar.update(1)
-                # Agreed by all ranks, which may see a signal a step apart, so that they stop
-                # (and checkpoint) at the same step.
-                signalled = distributed.any_rank(stop.signal is not None)
-                stopping = signalled or (cfg.stop_after_steps and state["global_step"] >= cfg.stop_after_steps)
-                if len(pending) >= cfg.log_every or b + 1 == steps_per_epoch or stopping:
-                    # Checking losses on the host only every log_every steps keeps the
-                    # GPU queue full; the first non-finite step is still named exactly.
-                    # Averaged over ranks: the global batch's loss, and the same verdict everywhere.
-                    values = distributed.mean_over_ranks(torch.stack([l for _, l, _ in pending]).float()).cpu()
-                    # for tokens/s: every rank's slice is alike in size
-                    state["train_tokens"] += int(sum(n for _, _, n in pending)) * world
-                    bad = (~torch.isfinite(values)).nonzero()
-                    if len(bad):
-                        bad_step = pending[int(bad[0])][0]
-                        stop_reason = f"non-finite loss ({values[int(bad[0])].item()}) at step {bad_step + 1}"
-                        status = "diverged"
-                        break
-                    mean = values.mean().item()
-                    state["epoch_loss_sum"] += values.double().sum().item()
-                    state["epoch_loss_n"] += len(values)
-                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
-                    log.write({"kind": "step", "step": state["global_step"], "epoch": epoch + 1, "loss": mean, "lr": lr})
-                    if not log.tty:
-                        log.line(f"step {state['global_step']}/{total_steps} epoch {epoch + 1} loss {mean:.4f} lr {lr:.2e}")
-                    pending.clear()
-                if stopping:
-                    stop_reason = (f"received {stop.signal or 'a signal on another rank'}" if signalled
-                                   else f"stop_after_steps={cfg.stop_after_steps}")
-                    status = "interrupted"
-                    break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            state["train_time_s"] += time.perf_counter() - t0
-            bar.close()
-            if status != "completed":
+        for epoch in range(state.epoch, cfg.epochs):
+            # Checked before the epoch rather than after the evaluation, so that resuming a
+            # run that stopped early stops again instead of training on.
+            if cfg.patience and state.evals_since_best() >= cfg.patience:
+                stopped_early = True
+                stop_reason = f"patience={cfg.patience}: no validation improvement since epoch {state.best_epoch}"
+                log.line(f"stopped early: {stop_reason}")
+                break
+            state.epoch = epoch
+            ended = _train_epoch(loop, state, epoch, stop)
+            if ended:
+                status, stop_reason = ended
                 break
             # Rank 0 evaluates while the others wait; all record its metrics and so keep
             # the same state (best epoch, history) and reach the same checkpoint calls.
-            metrics = (task.evaluate(model, "validation", device, eval_bs, cfg.eval_max_batches)
+            metrics = (task.evaluate(model, "validation", device, eval_bs, cfg.eval_max_batches, cfg.precision)
                        if distributed.is_rank0() else None)
             metrics = distributed.broadcast_object(metrics)
             if not math.isfinite(metrics["loss"]):
                 # Finite training losses can still end in non-finite weights (an inf gradient
                 # through clipping): they must not overwrite the last good last.pt.
                 status = "diverged"
-                stop_reason = f"non-finite validation loss ({metrics['loss']}) after step {state['global_step']}"
+                stop_reason = f"non-finite validation loss ({metrics['loss']}) after step {state.global_step}"
                 break
-            train_loss = state["epoch_loss_sum"] / max(1, state["epoch_loss_n"])
+            train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_n)
             _record_epoch(state, epoch, train_loss, metrics, task, log)
-            if state["best_epoch"] == epoch + 1:
+            if state.best_epoch == epoch + 1:
                 checkpoint("best.pt")
-            state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+            state.epoch, state.step_in_epoch, state.epoch_loss_sum, state.epoch_loss_n = epoch + 1, 0, 0.0, 0
+            if stop.agreed():  # a signal during the evaluation: stop at this epoch's end
+                status, stop_reason = "interrupted", stop.reason()
+                break
             checkpoint("last.pt")
         if status == "interrupted":
             checkpoint("last.pt")
@@ -360,10 +418,11 @@ def fit(
     test = None
     if status == "completed" and distributed.is_rank0() and (run_dir / "best.pt").is_file():
         model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
-        test = task.evaluate(model, "test", device, eval_bs, cfg.eval_max_batches)
-        log.write({"kind": "eval", "epoch": state["best_epoch"], "split": "test", **_scalars(test)})
-        log.line(f"EVAL split=test best_epoch={state['best_epoch']} " + _fmt(test))
-    results = _results(state, run_info, task, test, status, stop_reason, device, model)
+        test = task.evaluate(model, "test", device, eval_bs, cfg.eval_max_batches, cfg.precision)
+        log.write({"kind": "eval", "epoch": state.best_epoch, "split": "test", **_scalars(test)})
+        log.line(f"EVAL split=test best_epoch={state.best_epoch} " + _fmt(test))
+    results = _results(state, run_info, test, status=status, stop_reason=stop_reason, stopped_early=stopped_early,
+                       device=device, model=model, env=env)
     if distributed.is_rank0():
         atomic_write(run_dir / "results.json", lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
     # The others wait for rank 0's writes: torchrun stops the whole job as soon as one
@@ -373,8 +432,97 @@ def fit(
     return results
 
 
+def _train_epoch(loop: _Loop, state: TrainState, epoch: int, stop: StopRequest) -> tuple[str, str] | None:
+    """Take the steps of `epoch` from `state.step_in_epoch` on, updating `state`.
+
+    Returns (status, stop_reason) when the epoch ends before its last step: "interrupted"
+    (a signal, or stop_after_steps) or "diverged" (a non-finite training loss); else None.
+    """
+    cfg, world, rank = loop.cfg, distributed.world_size(), distributed.rank()
+    order = epoch_order(loop.task.n_train(), cfg.seed, epoch)
+    loop.model.train()
+    bar = loop.log.bar(loop.steps_per_epoch, state.step_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+    timer = _StepTimer(loop.device)
+    # (step, loss, tokens) not yet read on the host
+    pending: list[tuple[int, torch.Tensor, int | torch.Tensor]] = []
+    ended = None
+    for b in range(state.step_in_epoch, loop.steps_per_epoch):
+        step = state.global_step
+        lr = lr_at(step, loop.total_steps, cfg)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr
+        # This rank's equal slice of the global batch; together the slices are the
+        # single-process batch. DDP's gradient average is then the gradient of the
+        # global mean loss, as every slice holds as many loss terms (one per SNLI
+        # pair; seq_len, or seq_len - 1 with l_shift, targets per LM block).
+        rows = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].view(world, -1)[rank]
+        batch = loop.task.train_batch(rows, loop.device)
+        with autocast(loop.device, cfg.precision):
+            loss, n_items = loop.task.loss(loop.train_model, batch)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
+        loop.optimizer.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        state.step_in_epoch = b + 1
+        pending.append((step, loss.detach(), n_items))
+        bar.update(1)
+        if loop.first_step is None:
+            # This process's first step also compiles (torch.compile) and warms up the
+            # allocator and kernels: timed apart, so that step times and tokens/s exclude it.
+            loop.first_step = step
+            seconds = timer.exclude()
+            state.first_step_s += seconds
+            loop.log.line(f"first step (compilation included): {seconds:.2f} s")
+        else:
+            timer.steps += 1
+        signalled = stop.agreed()
+        stopping = signalled or (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
+        if len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch or stopping:
+            diverged = _flush(loop, state, pending, epoch, lr, timer.window_ms(), bar)
+            if diverged:
+                ended = ("diverged", diverged)
+                break
+        if stopping:
+            ended = ("interrupted", stop.reason() if signalled else f"stop_after_steps={cfg.stop_after_steps}")
+            break
+    state.train_time_s += timer.total()
+    bar.close()
+    return ended
+
+
+def _flush(loop: _Loop, state: TrainState, pending: list[tuple[int, torch.Tensor, int | torch.Tensor]],
+           epoch: int, lr: float, step_ms: float | None, bar: tqdm) -> str | None:
+    """Read the pending steps' losses on the host: log their mean, add them to the epoch's.
+
+    Checking losses on the host only every log_every steps keeps the GPU queue full; the
+    first non-finite step is still named exactly: its reason is returned (else None).
+    """
+    # Averaged over ranks: the global batch's loss, and the same verdict everywhere.
+    values = distributed.mean_over_ranks(torch.stack([l for _, l, _ in pending]).float()).cpu()
+    # for tokens/s: every rank's slice is alike in size; the untimed first step does not count
+    state.train_tokens += int(sum(n for s, _, n in pending if s != loop.first_step)) * distributed.world_size()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        return f"non-finite loss ({values[i].item()}) at step {pending[i][0] + 1}"
+    mean = values.mean().item()
+    state.epoch_loss_sum += values.double().sum().item()
+    state.epoch_loss_n += len(values)
+    pending.clear()
+    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+    loop.log.write({"kind": "step", "step": state.global_step, "epoch": epoch + 1, "loss": mean, "lr": lr,
+                    "step_ms": step_ms})
+    if not loop.log.tty:
+        timing = f" {step_ms:.1f} ms/step" if step_ms is not None else ""
+        loop.log.line(f"step {state.global_step}/{loop.total_steps} epoch {epoch + 1} loss {mean:.4f} lr {lr:.2e}"
+                      + timing)
+    return None
+
+
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            identity: dict[str, Any], device: torch.device) -> dict[str, Any]:
+            identity: dict[str, Any], device: torch.device) -> TrainState:
     """Load last.pt into model and optimizer after checking it is this run's."""
     ckpt = load_checkpoint(path, device)
     saved = {k: v for k, v in ckpt["meta"].items() if k != "state"}
@@ -390,7 +538,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     # more, the extra ranks keep the fresh seed `fit` gave them.
     if distributed.rank() < len(ckpt["rng"]):
         set_rng_state(ckpt["rng"][distributed.rank()])
-    return ckpt["meta"]["state"]
+    return TrainState(**ckpt["meta"]["state"])
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -401,39 +549,43 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in _scalars(metrics).items())
 
 
-def _record_epoch(state: dict[str, Any], epoch: int, train_loss: float, metrics: dict[str, Any],
+def _record_epoch(state: TrainState, epoch: int, train_loss: float, metrics: dict[str, Any],
                   task: Task, log: Log) -> None:
     """Append the epoch to the history and update the best validation score."""
     value = metrics[task.metric]
-    best = state["best"]
+    best = state.best
     improved = best is None or (value > best if task.higher_is_better else value < best)
     if improved:
-        state["best"], state["best_epoch"] = value, epoch + 1
-    state["history"].append(
+        state.best, state.best_epoch = value, epoch + 1
+    state.history.append(
         {"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in _scalars(metrics).items()}}
     )
     log.write({"kind": "eval", "epoch": epoch + 1, "split": "validation", **_scalars(metrics)})
-    log.line(f"EVAL split=validation epoch={epoch + 1} {_fmt(metrics)} best_epoch={state['best_epoch']}")
+    log.line(f"EVAL split=validation epoch={epoch + 1} {_fmt(metrics)} best_epoch={state.best_epoch}")
 
 
-def _results(state: dict[str, Any], run_info: dict[str, Any], task: Task, test: dict[str, Any] | None,
-             status: str, stop_reason: str | None, device: torch.device, model: nn.Module) -> dict[str, Any]:
+def _results(state: TrainState, run_info: dict[str, Any], test: dict[str, Any] | None, *, status: str,
+             stop_reason: str | None, stopped_early: bool, device: torch.device, model: nn.Module,
+             env: dict[str, Any]) -> dict[str, Any]:
     from .models import count_parameters
 
-    best_row = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), {})
+    best_row = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
     return {
         **run_info["summary"],
         "params": count_parameters(model),
         "status": status,
         "stop_reason": stop_reason,
-        "epochs": state["history"],
-        "best_epoch": state["best_epoch"],
+        "epochs": state.history,
+        "epochs_run": len(state.history),
+        "stopped_early": stopped_early,
+        "best_epoch": state.best_epoch,
         **{f"best_{k}": v for k, v in best_row.items() if k.startswith("val_")},
         "test": test,
-        "train_time_s": state["train_time_s"],
-        "tokens_per_s": state["train_tokens"] / state["train_time_s"] if state["train_time_s"] else None,
+        "train_time_s": state.train_time_s,
+        "tokens_per_s": state.train_tokens / state.train_time_s if state.train_time_s else None,
+        "first_step_s": state.first_step_s,
         "peak_mem_mb": peak_memory_mb(device),
         "device": str(device),
         "world_size": distributed.world_size(),
-        "env": environment(),
+        "env": env,
     }
