@@ -10,7 +10,8 @@ import torch.nn as nn
 from ..config import MixerConfig
 import os
 
-from .fast import antisymmetrizer, fast_features, wedge_project
+from ...ops.wedge_project import antisymmetrizer, wedge_project
+from .fast import fast_features
 from .naive import naive_features
 
 __all__ = ["GrassmannMixer", "resolve_impl"]
@@ -27,7 +28,7 @@ def resolve_impl(cfg: MixerConfig) -> str:
         warnings.warn("projection='per_offset' has no collapsed form: using mixer_impl='naive'")
         return "naive"
     if impl == "fused":
-        from ...kernels import triton_available
+        from ...ops.wedge_project import triton_available
 
         if not triton_available():
             warnings.warn("mixer_impl='fused' needs Triton, which is not installed: using 'fast'")
@@ -71,7 +72,7 @@ class GrassmannMixer(nn.Module):
 
         # Triton kernels run on CUDA, or on the CPU only through its interpreter.
         if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            from ...kernels import wedge_project_fused as project
+            from ...ops.wedge_project import wedge_project_fused as project
         return fast_features(
             z, self.proj[0].weight, self.proj[0].bias, self.offsets, self.cfg, pad_mask, project
         )

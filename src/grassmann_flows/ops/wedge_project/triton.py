@@ -36,6 +36,7 @@ before this module is imported), which is what the tests do.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -43,36 +44,71 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-__all__ = ["kernel_weight", "wedge_project_fused"]
+__all__ = ["CONFIG_ENV", "SPACE", "kernel_meta", "kernel_weight", "num_splits", "wedge_project_fused"]
+
+
+def _interpreting() -> bool:
+    """Whether kernels decorated now run in Triton's interpreter.
+
+    `triton.knobs` exists from Triton 3.4 on; older releases read TRITON_INTERPRET
+    from the environment when a kernel is decorated, which is what the fallback reads.
+    """
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
 
 # Triton picks the interpreter when a kernel is decorated, i.e. at import of this module.
-INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+INTERPRET: bool = _interpreting()
 
-# The dA kernel reduces over tokens; it splits them into at most this many chunks so
-# the grid fills the GPU, each chunk at least _MIN_SPLIT_TOKENS long. The split
+# The dA kernel reduces over tokens; it splits them into at most MAX_SPLITS chunks so
+# the grid fills the GPU, each chunk at least MIN_SPLIT_TOKENS long. The split
 # partials (splits, r*r, d) float32 are summed in PyTorch (deterministic, no atomics).
-# The interpreter uses short chunks so small test inputs still exercise the split path.
-_MAX_SPLITS = 16
-_MIN_SPLIT_TOKENS = 64 if INTERPRET else 2048
+# Read at every call: tests lower MIN_SPLIT_TOKENS so small inputs take the split path.
+MAX_SPLITS = 16
+MIN_SPLIT_TOKENS = 2048
+
+# Autotuning space per kernel: (BLOCK_N, BLOCK_D, num_warps, num_stages), the pinned
+# config first. Every entry compiles for sm_90 (Hopper) with Triton 3.6 in float32,
+# bfloat16, float16 and float64 at r = 32, d = 256 within 232,448 bytes of shared
+# memory per block and without register spills; the pinned ones also with Triton 3.9
+# (`compile_check.py`, run by tests/test_triton_compile.py). Larger tiles spill in
+# float32/float64, whose dots run on FMA units with operands in registers.
+SPACE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
+    "fwd": ((64, 64, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2), (128, 32, 8, 2), (32, 64, 4, 3)),
+    "bwd_uw": ((16, 32, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)),
+    "bwd_a": ((32, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 2)),
+}
+# "autotune" (default) times every entry of SPACE on first use of a shape; "pinned"
+# takes the first entry and compiles nothing else (tests, short GPU sessions).
+CONFIG_ENV = "GRASSMANN_FLOWS_KERNEL_CONFIG"
+_CONFIG_MODES = ("autotune", "pinned")
 
 
-def _configs(block_n: tuple[int, ...], block_d: tuple[int, ...]) -> list[triton.Config]:
-    """Autotuning space; one small config under the interpreter (no benchmarking there).
+def _config_mode() -> str:
+    mode = os.environ.get(CONFIG_ENV, "autotune")
+    if mode not in _CONFIG_MODES:
+        raise ValueError(f"{CONFIG_ENV}={mode!r}: expected one of {', '.join(_CONFIG_MODES)}")
+    return mode
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    """Autotuning space of `kernel`; one small config under the interpreter (no timing there).
 
     The interpreter's BLOCK_D = 32 and BLOCK_N = 32 make small test shapes span several
     blocks with ragged edges, so masking and the d-loop are exercised.
     """
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 32, "BLOCK_D": 32})]
+    space = SPACE[kernel][:1] if _config_mode() == "pinned" else SPACE[kernel]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
-        for bn in block_n
-        for bd in block_d
-        for nw, ns in ((4, 3), (8, 2))
+        for bn, bd, nw, ns in space
     ]
 
 
-@triton.autotune(configs=_configs((64, 128), (64, 128)), key=["r", "d"])
+@triton.autotune(configs=_configs("fwd"), key=["r", "d"])
 @triton.jit
 def _fwd_kernel(
     u_ptr, w_ptr, at_ptr, y_ptr,  # u, w: (N, r); at: (r*r, d) = A^T; y: (N, d)
@@ -115,7 +151,7 @@ def _fwd_kernel(
             at_ptr + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
             mask=((a_i < r) & (c_j < r))[:, None] & mask_k[None, :], other=0.0,
         ).to(DOT)
-        acc = tl.dot(x, a, acc=acc, input_precision=PREC)
+        acc = tl.dot(x, a, acc=acc, input_precision=PREC, out_dtype=ACC)
     tl.store(
         y_ptr + offs_n[:, None] * d + offs_k[None, :],
         acc.to(y_ptr.dtype.element_ty),
@@ -123,7 +159,7 @@ def _fwd_kernel(
     )
 
 
-@triton.autotune(configs=_configs((32, 64, 128), (64, 128)), key=["r", "d"])
+@triton.autotune(configs=_configs("bwd_uw"), key=["r", "d"])
 @triton.jit
 def _bwd_uw_kernel(
     dy_ptr, u_ptr, w_ptr, at_ptr, du_ptr, dw_ptr,  # dy: (N, d); u, w, du, dw: (N, r)
@@ -171,7 +207,7 @@ def _bwd_uw_kernel(
                 at_ptr + (a_i * r + c_j)[None, :] * d + offs_k[:, None],
                 mask=mask_a[None, :] & mask_k[:, None], other=0.0,
             ).to(DOT)
-            dx = tl.dot(dy, a_t, acc=dx, input_precision=PREC)
+            dx = tl.dot(dy, a_t, acc=dx, input_precision=PREC, out_dtype=ACC)
         dx3 = tl.reshape(dx, (BLOCK_N, BLOCK_I, BLOCK_R))
         du_blk = tl.sum(dx3 * w[:, None, :], axis=2)
         tl.store(du_ptr + offs_n[:, None] * r + rows_i[None, :], du_blk.to(du_ptr.dtype.element_ty), mask=mask_i)
@@ -183,7 +219,7 @@ def _bwd_uw_kernel(
     )
 
 
-@triton.autotune(configs=_configs((32, 64), (64, 128)), key=["r", "d"])
+@triton.autotune(configs=_configs("bwd_a"), key=["r", "d"])
 @triton.jit
 def _bwd_a_kernel(
     dy_ptr, u_ptr, w_ptr, part_ptr,  # dy: (N, d); u, w: (N, r); part: (splits, r*r, d)
@@ -230,7 +266,7 @@ def _bwd_a_kernel(
             dy_ptr + offs_n[:, None] * d + offs_k[None, :],
             mask=mask_n[:, None] & mask_k[None, :], other=0.0,
         ).to(DOT)
-        acc = tl.dot(tl.trans(x), dy, acc=acc, input_precision=PREC)
+        acc = tl.dot(tl.trans(x), dy, acc=acc, input_precision=PREC, out_dtype=ACC)
     tl.store(
         part_ptr + pid_s * (r * r * d) + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
         acc,
@@ -243,8 +279,8 @@ _TL_DTYPES = {
 }
 
 
-def _meta(u: torch.Tensor, r: int) -> dict[str, object]:
-    """Compile-time arguments shared by the three kernels for inputs like `u`: (N, r).
+def kernel_meta(dtype: torch.dtype, r: int) -> dict[str, object]:
+    """Compile-time arguments shared by the three kernels for inputs of `dtype`, width r.
 
     BLOCK_R pads r to a power of two (tl.arange) of at least 16 (tl.dot's minimum K);
     BLOCK_I rows of the outer product per dot make K = BLOCK_I * BLOCK_R = 128 for
@@ -254,20 +290,29 @@ def _meta(u: torch.Tensor, r: int) -> dict[str, object]:
     bits (triton-lang/triton#11584): there the rounded bfloat16 operands are widened to
     float32, exact, so the products and float32 sums are those of the GPU's bf16 dot).
     """
-    if u.dtype not in _TL_DTYPES:
-        raise TypeError(f"wedge_project_fused supports float16/bfloat16/float32/float64, got {u.dtype}")
+    if dtype not in _TL_DTYPES:
+        raise TypeError(f"wedge_project_fused supports float16/bfloat16/float32/float64, got {dtype}")
     block_r = max(16, triton.next_power_of_2(r))
     block_i = max(1, min(triton.next_power_of_2(r), 128 // block_r))
-    dot = _TL_DTYPES[u.dtype]
-    if u.dtype == torch.float64:
+    dot = _TL_DTYPES[dtype]
+    if dtype == torch.float64:
         acc, prec = tl.float64, "ieee"
-    elif u.dtype == torch.float32:
+    elif dtype == torch.float32:
         acc, prec = tl.float32, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
     else:
         acc, prec = tl.float32, None  # half precision: tensor cores, precision knob unused
-        if INTERPRET and u.dtype == torch.bfloat16:
+        if INTERPRET and dtype == torch.bfloat16:
             dot = tl.float32
     return {"BLOCK_R": block_r, "BLOCK_I": block_i, "ACC": acc, "DOT": dot, "PREC": prec}
+
+
+def num_splits(N: int) -> int:
+    """Token chunks of the dA kernel for N tokens: at most MAX_SPLITS, each >= MIN_SPLIT_TOKENS.
+
+    Fixed before the launch (the partial buffer needs it); the kernel divides its token
+    blocks among however many splits the grid has.
+    """
+    return max(1, min(MAX_SPLITS, triton.cdiv(N, MIN_SPLIT_TOKENS)))
 
 
 @triton_op("grassmann_flows::wedge_project", mutates_args=())
@@ -280,7 +325,7 @@ def _wedge_project(u: torch.Tensor, w: torch.Tensor, at: torch.Tensor) -> torch.
         def grid(meta: dict[str, int]) -> tuple[int, int]:
             return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
 
-        wrap_triton(_fwd_kernel)[grid](u, w, at, y, N, r, d, **_meta(u, r))
+        wrap_triton(_fwd_kernel)[grid](u, w, at, y, N, r, d, **kernel_meta(u.dtype, r))
     return y
 
 
@@ -291,12 +336,10 @@ def _wedge_project_backward(
     """(du, dw, dat): (N, r), (N, r), (r*r, d) from contiguous dy: (N, d) and the inputs."""
     N, r = u.shape
     d = at.shape[1]
-    meta = _meta(u, r)
+    meta = kernel_meta(u.dtype, r)
     du = torch.empty_like(u)
     dw = torch.empty_like(u)
-    # The split count is fixed before the launch (the partial buffer needs it); the
-    # kernel divides its token blocks among however many splits the grid has.
-    splits = max(1, min(_MAX_SPLITS, triton.cdiv(N, _MIN_SPLIT_TOKENS)))
+    splits = num_splits(N)
     part = torch.empty((splits, r * r, d), device=u.device, dtype=torch.promote_types(u.dtype, torch.float32))
     if N > 0:
         def grid_uw(m: dict[str, int]) -> tuple[int]:
@@ -367,7 +410,7 @@ def wedge_project_fused(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) 
     if u.device.type == "cpu" and not INTERPRET:
         raise RuntimeError(
             "wedge_project_fused runs Triton kernels and needs GPU tensors; on CPU it runs only "
-            "through Triton's interpreter, with TRITON_INTERPRET=1 set before grassmann_flows.kernels "
+            "through Triton's interpreter, with TRITON_INTERPRET=1 set before grassmann_flows.ops.wedge_project.triton "
             "is imported (slow: for tests). Use mixer_impl='fast' on CPU."
         )
     device_type = u.device.type
