@@ -4,10 +4,10 @@
     A_k[i, j] = W[k, (ij)], A_k[j, i] = -W[k, (ij)], A_k[i, i] = 0,
 
 with the Plücker pairs (i, j) in row-major upper-triangular order
-(`torch.triu_indices(r, r, 1)`), the order of `naive.pluecker`. The PyTorch
-reference beside it is `models.mixer.naive.wedge_project_reference` (explicit
-Plücker coordinates); `models.mixer.fast.wedge_project` is the same GEMM as here
-with the outer product u w^T written to memory.
+(`torch.triu_indices(r, r, 1)`), the order of `naive.pluecker`. Beside it in this
+folder: `naive.wedge_project_reference` (explicit Plücker coordinates) and
+`torch.wedge_project`, the same GEMM as here with the outer product u w^T written to
+memory.
 
 No kernel here writes the (N, r*r) outer product or the (N, P) Plücker tensor: each
 program forms a (BLOCK_N, BLOCK_I * r) slice of u w^T in registers (rows i0..i0+BLOCK_I
@@ -27,6 +27,10 @@ Dtypes: float16 / bfloat16 run the tensor cores with float32 accumulation; float
 exact-IEEE dots unless `torch.backends.cuda.matmul.allow_tf32` is set (as F.linear does);
 float64 computes and accumulates in float64 (Triton's fp64 dot: for checks, not speed).
 Under autocast, inputs other than float64 are cast to the autocast dtype (as for F.linear).
+
+Block sizes come from `SPACE` (autotuned, or its first entry with
+GRASSMANN_FLOWS_KERNEL_CONFIG=pinned); `compile_check.py` compiles every entry for
+sm_90 and checks shared memory and spills.
 
 The ops are `torch.library.triton_op`s (grassmann_flows::wedge_project and its
 backward), so torch.compile traces into the kernels instead of graph-breaking.
@@ -394,7 +398,7 @@ def kernel_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def wedge_project_fused(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """W (u ∧ w) with the Triton kernels; a drop-in for `fast.wedge_project`.
+    """W (u ∧ w) with the Triton kernels; a drop-in for `torch.wedge_project` (this folder).
 
     u, w: (..., r); weight: (d, P), P = r(r-1)/2. Returns (..., d) in the compute
     dtype: the autocast dtype under autocast (inputs other than float64 are cast to it,
