@@ -60,7 +60,7 @@ def _interpreting() -> bool:
     knobs = getattr(triton, "knobs", None)
     if knobs is not None:
         return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # Triton picks the interpreter when a kernel is decorated, i.e. at import of this module.
