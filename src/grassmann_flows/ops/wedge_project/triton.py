@@ -112,6 +112,27 @@ def _configs(kernel: str) -> list[triton.Config]:
     ]
 
 
+@triton.jit
+def _load_rows(ptr, offs_n, mask_n, cols, width: tl.constexpr, dtype: tl.constexpr):
+    """(len(offs_n), len(cols)) tile of a row-major (N, width) tensor as `dtype`; 0 outside."""
+    tile = tl.load(
+        ptr + offs_n[:, None] * width + cols[None, :],
+        mask=mask_n[:, None] & (cols < width)[None, :], other=0.0,
+    )
+    return tile.to(dtype)
+
+
+@triton.jit
+def _outer_slice(u_blk, w, in_dtype: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr, K: tl.constexpr):
+    """(BLOCK_N, K) slice of u w^T from u_blk: (BLOCK_N, BLOCK_I) and w: (BLOCK_N, BLOCK_R).
+
+    Formed in the accumulator dtype, rounded once to the input dtype (as the unfused
+    GEMM's operand would be), then given the dot's operand dtype.
+    """
+    x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, K))
+    return x.to(in_dtype).to(DOT)
+
+
 @triton.autotune(configs=_configs("fwd"), key=["r", "d"])
 @triton.jit
 def _fwd_kernel(
@@ -135,21 +156,12 @@ def _fwd_kernel(
     mask_k = offs_k < d
 
     # w stays in registers for the whole i-loop; r is padded to BLOCK_R with zeros.
-    w = tl.load(
-        w_ptr + offs_n[:, None] * r + offs_j[None, :],
-        mask=mask_n[:, None] & (offs_j < r)[None, :], other=0.0,
-    ).to(ACC)
+    w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
     for i0 in range(0, r, BLOCK_I):
         rows_i = i0 + offs_i
-        u_blk = tl.load(
-            u_ptr + offs_n[:, None] * r + rows_i[None, :],
-            mask=mask_n[:, None] & (rows_i < r)[None, :], other=0.0,
-        ).to(ACC)
-        # (BLOCK_N, BLOCK_I * BLOCK_R) slice of u w^T, rounded once to the input dtype
-        # as the unfused GEMM's operand would be.
-        x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, BLOCK_I * BLOCK_R))
-        x = x.to(u_ptr.dtype.element_ty).to(DOT)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
+        x = _outer_slice(u_blk, w, u_ptr.dtype.element_ty, DOT, BLOCK_N, BLOCK_I * BLOCK_R)
         a_i = i0 + c_i
         a = tl.load(
             at_ptr + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
@@ -186,15 +198,12 @@ def _bwd_uw_kernel(
     mask_n = offs_n < N
     mask_j = offs_j < r
 
-    w = tl.load(
-        w_ptr + offs_n[:, None] * r + offs_j[None, :],
-        mask=mask_n[:, None] & mask_j[None, :], other=0.0,
-    ).to(ACC)
+    w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
     dw = tl.zeros((BLOCK_N, BLOCK_R), dtype=ACC)
     for i0 in range(0, r, BLOCK_I):
         rows_i = i0 + offs_i
         mask_i = mask_n[:, None] & (rows_i < r)[None, :]
-        u_blk = tl.load(u_ptr + offs_n[:, None] * r + rows_i[None, :], mask=mask_i, other=0.0).to(ACC)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
         a_i = i0 + c_i
         mask_a = (a_i < r) & (c_j < r)
         dx = tl.zeros((BLOCK_N, BLOCK_I * BLOCK_R), dtype=ACC)
@@ -202,10 +211,7 @@ def _bwd_uw_kernel(
         for k0 in range(0, d, BLOCK_D):
             offs_k = k0 + tl.arange(0, BLOCK_D)
             mask_k = offs_k < d
-            dy = tl.load(
-                dy_ptr + offs_n[:, None] * d + offs_k[None, :],
-                mask=mask_n[:, None] & mask_k[None, :], other=0.0,
-            ).to(DOT)
+            dy = _load_rows(dy_ptr, offs_n, mask_n, offs_k, d, DOT)
             # A slice loaded transposed, (BLOCK_D, BLOCK_I * BLOCK_R), for dy @ A.
             a_t = tl.load(
                 at_ptr + (a_i * r + c_j)[None, :] * d + offs_k[:, None],
@@ -256,20 +262,10 @@ def _bwd_a_kernel(
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         mask_n = offs_n < n_end
-        u_blk = tl.load(
-            u_ptr + offs_n[:, None] * r + rows_i[None, :],
-            mask=mask_n[:, None] & (rows_i < r)[None, :], other=0.0,
-        ).to(ACC)
-        w = tl.load(
-            w_ptr + offs_n[:, None] * r + offs_j[None, :],
-            mask=mask_n[:, None] & (offs_j < r)[None, :], other=0.0,
-        ).to(ACC)
-        x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, BLOCK_I * BLOCK_R))
-        x = x.to(u_ptr.dtype.element_ty).to(DOT)
-        dy = tl.load(
-            dy_ptr + offs_n[:, None] * d + offs_k[None, :],
-            mask=mask_n[:, None] & mask_k[None, :], other=0.0,
-        ).to(DOT)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
+        w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
+        x = _outer_slice(u_blk, w, u_ptr.dtype.element_ty, DOT, BLOCK_N, BLOCK_I * BLOCK_R)
+        dy = _load_rows(dy_ptr, offs_n, mask_n, offs_k, d, DOT)
         acc = tl.dot(tl.trans(x), dy, acc=acc, input_precision=PREC, out_dtype=ACC)
     tl.store(
         part_ptr + pid_s * (r * r * d) + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
