@@ -64,7 +64,7 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from grassmann_flows.kernels import triton_available  # noqa: E402
+from grassmann_flows.ops.wedge_project import triton_available  # noqa: E402
 from grassmann_flows.models import build_model, resolve_config  # noqa: E402
 from grassmann_flows.models.attention import SelfAttention  # noqa: E402
 from grassmann_flows.models.mixer import GrassmannMixer  # noqa: E402

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from grassmann_flows import eval_wikitext, train
 from grassmann_flows.data.wikitext import LMDataConfig, load_lm_splits
 from grassmann_flows.models.config import MixerConfig
-from grassmann_flows.models.mixer.naive import normalize, pluecker
+from grassmann_flows.models.mixer.naive import normalize
+from grassmann_flows.ops.wedge_project import pluecker
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data"
 

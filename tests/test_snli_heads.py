@@ -24,7 +24,7 @@ from grassmann_flows.data.distilbert_features import (
 )
 from grassmann_flows import train_snli
 from grassmann_flows.models.lm import count_parameters
-from grassmann_flows.models.mixer.naive import pluecker
+from grassmann_flows.ops.wedge_project import pluecker
 from grassmann_flows.models.snli_heads import (
     BackboneUnavailableError,
     GrassmannPluckerHead,

@@ -33,7 +33,7 @@ from .backbone import Block
 from .classifier import masked_mean
 from .config import MixerConfig, ModelConfig
 from .mixer import GrassmannMixer
-from .mixer.naive import pluecker
+from ..ops.wedge_project import pluecker
 
 __all__ = [
     "BackboneUnavailableError", "DistilBertNLI", "GrassmannPluckerHead", "HEADS", "TransformerHead",

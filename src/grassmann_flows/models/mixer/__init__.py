@@ -10,8 +10,9 @@ import torch.nn as nn
 from ..config import MixerConfig
 import os
 
-from .fast import antisymmetrizer, fast_features, wedge_project
-from .naive import naive_features, wedge_project_reference
+from ...ops.wedge_project import antisymmetrizer, wedge_project, wedge_project_reference
+from .fast import fast_features
+from .naive import naive_features
 from .stream import RingState, project_last
 
 __all__ = ["GrassmannMixer", "RingState", "resolve_impl"]
@@ -28,7 +29,7 @@ def resolve_impl(cfg: MixerConfig) -> str:
         warnings.warn("projection='per_offset' has no collapsed form: using mixer_impl='naive'")
         return "naive"
     if impl == "fused":
-        from ...kernels import triton_available
+        from ...ops.wedge_project import triton_available
 
         if not triton_available():
             warnings.warn("mixer_impl='fused' needs Triton, which is not installed: using 'fast'")
@@ -95,7 +96,7 @@ class GrassmannMixer(nn.Module):
 
         # Triton kernels run on CUDA, or on the CPU only through its interpreter.
         if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            from ...kernels import wedge_project_fused as project
+            from ...ops.wedge_project import wedge_project_fused as project
         if last is not None:  # a few tokens: the Plücker form needs no A = W S (r*r x d) per step
             project = project_last(wedge_project_reference, last)
         g = fast_features(z, weights[0], biases[0], self.offsets, self.cfg, pad_mask, project)

@@ -11,10 +11,9 @@ Two identities make it cheap (the proof is in technical.md, §"The fast mixer"):
         w = sum_Delta c_Delta v_Delta,  c_Delta = 1 / (m_t n_Delta),
     one wedge and one projection per token instead of one per offset.
 
-W (u ∧ w) itself is computed without gathering Plücker coordinates: with the
-antisymmetric A_k (A_k[i,j] = W_k,(ij), A_k[j,i] = -W_k,(ij)) it is the bilinear form
-u^T A_k w, i.e. one dense GEMM of the outer product u w^T against A. Gathers (and
-their scatter-add backward) are what made the earlier rewrites slow.
+W (u ∧ w) itself is the op in `ops/wedge_project`: by default its PyTorch form, one
+dense GEMM of the outer product u w^T against the antisymmetric A = W S (no gathers);
+the fused path passes the Triton kernel instead.
 """
 
 from __future__ import annotations
@@ -23,40 +22,12 @@ from collections import Counter
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from ...ops.wedge_project import wedge_project
 from ..config import MixerConfig
 from .common import partner_mask, shift
 
 WedgeProject = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def antisymmetrizer(r: int) -> torch.Tensor:
-    """S: (P, r*r) with +1 at (k, i*r+j) and -1 at (k, j*r+i) for the k-th pair i < j.
-
-    The mixer keeps S as a buffer, so it lives on the model's device and torch.compile
-    sees a plain tensor instead of a host-side construction in every step.
-    """
-    i, j = torch.triu_indices(r, r, offset=1)
-    k = torch.arange(i.numel())
-    S = torch.zeros(i.numel(), r * r)
-    S[k, i * r + j] = 1.0
-    S[k, j * r + i] = -1.0
-    return S
-
-
-def wedge_project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-                  antisym: torch.Tensor | None = None) -> torch.Tensor:
-    """W (u ∧ w) = u^T A_k w for every output k, as one GEMM with K = r*r.
-
-    u, w: (..., r); weight: (d, P) with P = r(r-1)/2; antisym: S of `antisymmetrizer(r)`
-    (built here when not given). A = W S is (d, r*r), each entry one entry of W with
-    a sign, so it is exact in any dtype. Returns (..., d).
-    """
-    r = u.shape[-1]
-    S = antisymmetrizer(r).to(weight) if antisym is None else antisym
-    outer = (u.unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)  # (..., r*r)
-    return F.linear(outer, weight @ S)
 
 
 def _norm(n2: torch.Tensor, cfg: MixerConfig) -> torch.Tensor:

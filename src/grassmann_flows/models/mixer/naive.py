@@ -11,17 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...ops.wedge_project import pluecker
 from ..config import MixerConfig
 from .common import partner_mask, shift
-
-
-def pluecker(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Plücker coordinates of span(u, v): p_ij = u_i v_j - u_j v_i for i < j.
-
-    u, v: (..., r). Returns (..., r(r-1)/2) in row-major upper-triangular order.
-    """
-    i, j = torch.triu_indices(u.shape[-1], u.shape[-1], offset=1, device=u.device)
-    return u[..., i] * v[..., j] - u[..., j] * v[..., i]
 
 
 def normalize(p: torch.Tensor, cfg: MixerConfig) -> torch.Tensor:
@@ -29,11 +21,6 @@ def normalize(p: torch.Tensor, cfg: MixerConfig) -> torch.Tensor:
     if cfg.norm_form == "clamp":
         return p / torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(cfg.norm_eps)
     return p * torch.rsqrt(p.pow(2).sum(-1, keepdim=True) + cfg.norm_eps)
-
-
-def wedge_project_reference(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """W (u ∧ w) through explicit Plücker coordinates. u, w: (..., r); weight: (d, P)."""
-    return F.linear(pluecker(u, w), weight)
 
 
 def naive_features(

@@ -4,10 +4,10 @@
     A_k[i, j] = W[k, (ij)], A_k[j, i] = -W[k, (ij)], A_k[i, i] = 0,
 
 with the Plücker pairs (i, j) in row-major upper-triangular order
-(`torch.triu_indices(r, r, 1)`), the order of `naive.pluecker`. The PyTorch
-reference beside it is `models.mixer.naive.wedge_project_reference` (explicit
-Plücker coordinates); `models.mixer.fast.wedge_project` is the same GEMM as here
-with the outer product u w^T written to memory.
+(`torch.triu_indices(r, r, 1)`), the order of `naive.pluecker`. Beside it in this
+folder: `naive.wedge_project_reference` (explicit Plücker coordinates) and
+`torch.wedge_project`, the same GEMM as here with the outer product u w^T written to
+memory.
 
 No kernel here writes the (N, r*r) outer product or the (N, P) Plücker tensor: each
 program forms a (BLOCK_N, BLOCK_I * r) slice of u w^T in registers (rows i0..i0+BLOCK_I
@@ -28,6 +28,10 @@ exact-IEEE dots unless `torch.backends.cuda.matmul.allow_tf32` is set (as F.line
 float64 computes and accumulates in float64 (Triton's fp64 dot: for checks, not speed).
 Under autocast, inputs other than float64 are cast to the autocast dtype (as for F.linear).
 
+Block sizes come from `SPACE` (autotuned, or its first entry with
+GRASSMANN_FLOWS_KERNEL_CONFIG=pinned); `compile_check.py` compiles every entry for
+sm_90 and checks shared memory and spills.
+
 The ops are `torch.library.triton_op`s (grassmann_flows::wedge_project and its
 backward), so torch.compile traces into the kernels instead of graph-breaking.
 On CPU tensors they run only through Triton's interpreter (TRITON_INTERPRET=1 set
@@ -36,6 +40,7 @@ before this module is imported), which is what the tests do.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -43,36 +48,92 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-__all__ = ["kernel_weight", "wedge_project_fused"]
+__all__ = ["CONFIG_ENV", "SPACE", "kernel_meta", "kernel_weight", "num_splits", "wedge_project_fused"]
+
+
+def _interpreting() -> bool:
+    """Whether kernels decorated now run in Triton's interpreter.
+
+    `triton.knobs` exists from Triton 3.4 on; older releases read TRITON_INTERPRET
+    from the environment when a kernel is decorated, which is what the fallback reads.
+    """
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 
 # Triton picks the interpreter when a kernel is decorated, i.e. at import of this module.
-INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+INTERPRET: bool = _interpreting()
 
-# The dA kernel reduces over tokens; it splits them into at most this many chunks so
-# the grid fills the GPU, each chunk at least _MIN_SPLIT_TOKENS long. The split
+# The dA kernel reduces over tokens; it splits them into at most MAX_SPLITS chunks so
+# the grid fills the GPU, each chunk at least MIN_SPLIT_TOKENS long. The split
 # partials (splits, r*r, d) float32 are summed in PyTorch (deterministic, no atomics).
-# The interpreter uses short chunks so small test inputs still exercise the split path.
-_MAX_SPLITS = 16
-_MIN_SPLIT_TOKENS = 64 if INTERPRET else 2048
+# Read at every call: tests lower MIN_SPLIT_TOKENS so small inputs take the split path.
+MAX_SPLITS = 16
+MIN_SPLIT_TOKENS = 2048
+
+# Autotuning space per kernel: (BLOCK_N, BLOCK_D, num_warps, num_stages), the pinned
+# config first. Every entry compiles for sm_90 (Hopper) with Triton 3.6 in float32,
+# bfloat16, float16 and float64 at r = 32, d = 256 within 232,448 bytes of shared
+# memory per block and without register spills; the pinned ones also with Triton 3.9
+# (`compile_check.py`, run by tests/test_triton_compile.py). Larger tiles spill in
+# float32/float64, whose dots run on FMA units with operands in registers.
+SPACE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
+    "fwd": ((64, 64, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2), (128, 32, 8, 2), (32, 64, 4, 3)),
+    "bwd_uw": ((16, 32, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)),
+    "bwd_a": ((32, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 2)),
+}
+# "autotune" (default) times every entry of SPACE on first use of a shape; "pinned"
+# takes the first entry and compiles nothing else (tests, short GPU sessions).
+CONFIG_ENV = "GRASSMANN_FLOWS_KERNEL_CONFIG"
+_CONFIG_MODES = ("autotune", "pinned")
 
 
-def _configs(block_n: tuple[int, ...], block_d: tuple[int, ...]) -> list[triton.Config]:
-    """Autotuning space; one small config under the interpreter (no benchmarking there).
+def _config_mode() -> str:
+    mode = os.environ.get(CONFIG_ENV, "autotune")
+    if mode not in _CONFIG_MODES:
+        raise ValueError(f"{CONFIG_ENV}={mode!r}: expected one of {', '.join(_CONFIG_MODES)}")
+    return mode
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    """Autotuning space of `kernel`; one small config under the interpreter (no timing there).
 
     The interpreter's BLOCK_D = 32 and BLOCK_N = 32 make small test shapes span several
     blocks with ragged edges, so masking and the d-loop are exercised.
     """
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 32, "BLOCK_D": 32})]
+    space = SPACE[kernel][:1] if _config_mode() == "pinned" else SPACE[kernel]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
-        for bn in block_n
-        for bd in block_d
-        for nw, ns in ((4, 3), (8, 2))
+        for bn, bd, nw, ns in space
     ]
 
 
-@triton.autotune(configs=_configs((64, 128), (64, 128)), key=["r", "d"])
+@triton.jit
+def _load_rows(ptr, offs_n, mask_n, cols, width: tl.constexpr, dtype: tl.constexpr):
+    """(len(offs_n), len(cols)) tile of a row-major (N, width) tensor as `dtype`; 0 outside."""
+    tile = tl.load(
+        ptr + offs_n[:, None] * width + cols[None, :],
+        mask=mask_n[:, None] & (cols < width)[None, :], other=0.0,
+    )
+    return tile.to(dtype)
+
+
+@triton.jit
+def _outer_slice(u_blk, w, in_dtype: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr, K: tl.constexpr):
+    """(BLOCK_N, K) slice of u w^T from u_blk: (BLOCK_N, BLOCK_I) and w: (BLOCK_N, BLOCK_R).
+
+    Formed in the accumulator dtype, rounded once to the input dtype (as the unfused
+    GEMM's operand would be), then given the dot's operand dtype.
+    """
+    x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, K))
+    return x.to(in_dtype).to(DOT)
+
+
+@triton.autotune(configs=_configs("fwd"), key=["r", "d"])
 @triton.jit
 def _fwd_kernel(
     u_ptr, w_ptr, at_ptr, y_ptr,  # u, w: (N, r); at: (r*r, d) = A^T; y: (N, d)
@@ -95,27 +156,18 @@ def _fwd_kernel(
     mask_k = offs_k < d
 
     # w stays in registers for the whole i-loop; r is padded to BLOCK_R with zeros.
-    w = tl.load(
-        w_ptr + offs_n[:, None] * r + offs_j[None, :],
-        mask=mask_n[:, None] & (offs_j < r)[None, :], other=0.0,
-    ).to(ACC)
+    w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
     for i0 in range(0, r, BLOCK_I):
         rows_i = i0 + offs_i
-        u_blk = tl.load(
-            u_ptr + offs_n[:, None] * r + rows_i[None, :],
-            mask=mask_n[:, None] & (rows_i < r)[None, :], other=0.0,
-        ).to(ACC)
-        # (BLOCK_N, BLOCK_I * BLOCK_R) slice of u w^T, rounded once to the input dtype
-        # as the unfused GEMM's operand would be.
-        x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, BLOCK_I * BLOCK_R))
-        x = x.to(u_ptr.dtype.element_ty).to(DOT)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
+        x = _outer_slice(u_blk, w, u_ptr.dtype.element_ty, DOT, BLOCK_N, BLOCK_I * BLOCK_R)
         a_i = i0 + c_i
         a = tl.load(
             at_ptr + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
             mask=((a_i < r) & (c_j < r))[:, None] & mask_k[None, :], other=0.0,
         ).to(DOT)
-        acc = tl.dot(x, a, acc=acc, input_precision=PREC)
+        acc = tl.dot(x, a, acc=acc, input_precision=PREC, out_dtype=ACC)
     tl.store(
         y_ptr + offs_n[:, None] * d + offs_k[None, :],
         acc.to(y_ptr.dtype.element_ty),
@@ -123,7 +175,7 @@ def _fwd_kernel(
     )
 
 
-@triton.autotune(configs=_configs((32, 64, 128), (64, 128)), key=["r", "d"])
+@triton.autotune(configs=_configs("bwd_uw"), key=["r", "d"])
 @triton.jit
 def _bwd_uw_kernel(
     dy_ptr, u_ptr, w_ptr, at_ptr, du_ptr, dw_ptr,  # dy: (N, d); u, w, du, dw: (N, r)
@@ -146,15 +198,12 @@ def _bwd_uw_kernel(
     mask_n = offs_n < N
     mask_j = offs_j < r
 
-    w = tl.load(
-        w_ptr + offs_n[:, None] * r + offs_j[None, :],
-        mask=mask_n[:, None] & mask_j[None, :], other=0.0,
-    ).to(ACC)
+    w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
     dw = tl.zeros((BLOCK_N, BLOCK_R), dtype=ACC)
     for i0 in range(0, r, BLOCK_I):
         rows_i = i0 + offs_i
         mask_i = mask_n[:, None] & (rows_i < r)[None, :]
-        u_blk = tl.load(u_ptr + offs_n[:, None] * r + rows_i[None, :], mask=mask_i, other=0.0).to(ACC)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
         a_i = i0 + c_i
         mask_a = (a_i < r) & (c_j < r)
         dx = tl.zeros((BLOCK_N, BLOCK_I * BLOCK_R), dtype=ACC)
@@ -162,16 +211,13 @@ def _bwd_uw_kernel(
         for k0 in range(0, d, BLOCK_D):
             offs_k = k0 + tl.arange(0, BLOCK_D)
             mask_k = offs_k < d
-            dy = tl.load(
-                dy_ptr + offs_n[:, None] * d + offs_k[None, :],
-                mask=mask_n[:, None] & mask_k[None, :], other=0.0,
-            ).to(DOT)
+            dy = _load_rows(dy_ptr, offs_n, mask_n, offs_k, d, DOT)
             # A slice loaded transposed, (BLOCK_D, BLOCK_I * BLOCK_R), for dy @ A.
             a_t = tl.load(
                 at_ptr + (a_i * r + c_j)[None, :] * d + offs_k[:, None],
                 mask=mask_a[None, :] & mask_k[:, None], other=0.0,
             ).to(DOT)
-            dx = tl.dot(dy, a_t, acc=dx, input_precision=PREC)
+            dx = tl.dot(dy, a_t, acc=dx, input_precision=PREC, out_dtype=ACC)
         dx3 = tl.reshape(dx, (BLOCK_N, BLOCK_I, BLOCK_R))
         du_blk = tl.sum(dx3 * w[:, None, :], axis=2)
         tl.store(du_ptr + offs_n[:, None] * r + rows_i[None, :], du_blk.to(du_ptr.dtype.element_ty), mask=mask_i)
@@ -183,7 +229,7 @@ def _bwd_uw_kernel(
     )
 
 
-@triton.autotune(configs=_configs((32, 64), (64, 128)), key=["r", "d"])
+@triton.autotune(configs=_configs("bwd_a"), key=["r", "d"])
 @triton.jit
 def _bwd_a_kernel(
     dy_ptr, u_ptr, w_ptr, part_ptr,  # dy: (N, d); u, w: (N, r); part: (splits, r*r, d)
@@ -216,21 +262,11 @@ def _bwd_a_kernel(
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         mask_n = offs_n < n_end
-        u_blk = tl.load(
-            u_ptr + offs_n[:, None] * r + rows_i[None, :],
-            mask=mask_n[:, None] & (rows_i < r)[None, :], other=0.0,
-        ).to(ACC)
-        w = tl.load(
-            w_ptr + offs_n[:, None] * r + offs_j[None, :],
-            mask=mask_n[:, None] & (offs_j < r)[None, :], other=0.0,
-        ).to(ACC)
-        x = tl.reshape(u_blk[:, :, None] * w[:, None, :], (BLOCK_N, BLOCK_I * BLOCK_R))
-        x = x.to(u_ptr.dtype.element_ty).to(DOT)
-        dy = tl.load(
-            dy_ptr + offs_n[:, None] * d + offs_k[None, :],
-            mask=mask_n[:, None] & mask_k[None, :], other=0.0,
-        ).to(DOT)
-        acc = tl.dot(tl.trans(x), dy, acc=acc, input_precision=PREC)
+        u_blk = _load_rows(u_ptr, offs_n, mask_n, rows_i, r, ACC)
+        w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
+        x = _outer_slice(u_blk, w, u_ptr.dtype.element_ty, DOT, BLOCK_N, BLOCK_I * BLOCK_R)
+        dy = _load_rows(dy_ptr, offs_n, mask_n, offs_k, d, DOT)
+        acc = tl.dot(tl.trans(x), dy, acc=acc, input_precision=PREC, out_dtype=ACC)
     tl.store(
         part_ptr + pid_s * (r * r * d) + (a_i * r + c_j)[:, None] * d + offs_k[None, :],
         acc,
@@ -243,8 +279,8 @@ _TL_DTYPES = {
 }
 
 
-def _meta(u: torch.Tensor, r: int) -> dict[str, object]:
-    """Compile-time arguments shared by the three kernels for inputs like `u`: (N, r).
+def kernel_meta(dtype: torch.dtype, r: int) -> dict[str, object]:
+    """Compile-time arguments shared by the three kernels for inputs of `dtype`, width r.
 
     BLOCK_R pads r to a power of two (tl.arange) of at least 16 (tl.dot's minimum K);
     BLOCK_I rows of the outer product per dot make K = BLOCK_I * BLOCK_R = 128 for
@@ -254,20 +290,29 @@ def _meta(u: torch.Tensor, r: int) -> dict[str, object]:
     bits (triton-lang/triton#11584): there the rounded bfloat16 operands are widened to
     float32, exact, so the products and float32 sums are those of the GPU's bf16 dot).
     """
-    if u.dtype not in _TL_DTYPES:
-        raise TypeError(f"wedge_project_fused supports float16/bfloat16/float32/float64, got {u.dtype}")
+    if dtype not in _TL_DTYPES:
+        raise TypeError(f"wedge_project_fused supports float16/bfloat16/float32/float64, got {dtype}")
     block_r = max(16, triton.next_power_of_2(r))
     block_i = max(1, min(triton.next_power_of_2(r), 128 // block_r))
-    dot = _TL_DTYPES[u.dtype]
-    if u.dtype == torch.float64:
+    dot = _TL_DTYPES[dtype]
+    if dtype == torch.float64:
         acc, prec = tl.float64, "ieee"
-    elif u.dtype == torch.float32:
+    elif dtype == torch.float32:
         acc, prec = tl.float32, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
     else:
         acc, prec = tl.float32, None  # half precision: tensor cores, precision knob unused
-        if INTERPRET and u.dtype == torch.bfloat16:
+        if INTERPRET and dtype == torch.bfloat16:
             dot = tl.float32
     return {"BLOCK_R": block_r, "BLOCK_I": block_i, "ACC": acc, "DOT": dot, "PREC": prec}
+
+
+def num_splits(N: int) -> int:
+    """Token chunks of the dA kernel for N tokens: at most MAX_SPLITS, each >= MIN_SPLIT_TOKENS.
+
+    Fixed before the launch (the partial buffer needs it); the kernel divides its token
+    blocks among however many splits the grid has.
+    """
+    return max(1, min(MAX_SPLITS, triton.cdiv(N, MIN_SPLIT_TOKENS)))
 
 
 @triton_op("grassmann_flows::wedge_project", mutates_args=())
@@ -280,7 +325,7 @@ def _wedge_project(u: torch.Tensor, w: torch.Tensor, at: torch.Tensor) -> torch.
         def grid(meta: dict[str, int]) -> tuple[int, int]:
             return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
 
-        wrap_triton(_fwd_kernel)[grid](u, w, at, y, N, r, d, **_meta(u, r))
+        wrap_triton(_fwd_kernel)[grid](u, w, at, y, N, r, d, **kernel_meta(u.dtype, r))
     return y
 
 
@@ -291,12 +336,10 @@ def _wedge_project_backward(
     """(du, dw, dat): (N, r), (N, r), (r*r, d) from contiguous dy: (N, d) and the inputs."""
     N, r = u.shape
     d = at.shape[1]
-    meta = _meta(u, r)
+    meta = kernel_meta(u.dtype, r)
     du = torch.empty_like(u)
     dw = torch.empty_like(u)
-    # The split count is fixed before the launch (the partial buffer needs it); the
-    # kernel divides its token blocks among however many splits the grid has.
-    splits = max(1, min(_MAX_SPLITS, triton.cdiv(N, _MIN_SPLIT_TOKENS)))
+    splits = num_splits(N)
     part = torch.empty((splits, r * r, d), device=u.device, dtype=torch.promote_types(u.dtype, torch.float32))
     if N > 0:
         def grid_uw(m: dict[str, int]) -> tuple[int]:
@@ -351,7 +394,7 @@ def kernel_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def wedge_project_fused(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """W (u ∧ w) with the Triton kernels; a drop-in for `fast.wedge_project`.
+    """W (u ∧ w) with the Triton kernels; a drop-in for `torch.wedge_project` (this folder).
 
     u, w: (..., r); weight: (d, P), P = r(r-1)/2. Returns (..., d) in the compute
     dtype: the autocast dtype under autocast (inputs other than float64 are cast to it,
@@ -367,7 +410,7 @@ def wedge_project_fused(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) 
     if u.device.type == "cpu" and not INTERPRET:
         raise RuntimeError(
             "wedge_project_fused runs Triton kernels and needs GPU tensors; on CPU it runs only "
-            "through Triton's interpreter, with TRITON_INTERPRET=1 set before grassmann_flows.kernels "
+            "through Triton's interpreter, with TRITON_INTERPRET=1 set before grassmann_flows.ops.wedge_project.triton "
             "is imported (slow: for tests). Use mixer_impl='fast' on CPU."
         )
     device_type = u.device.type
