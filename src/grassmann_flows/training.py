@@ -54,6 +54,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = batch_size
     log_every: int = 50
     stop_after_steps: int = 0  # save last.pt and stop after this many steps (0 = never)
+    patience: int = 0  # stop after this many evaluations without a validation improvement (0 = off)
 
 
 class Task(Protocol):
