@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shlex
@@ -29,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .data.sources import REPO_ROOT, DataUnavailableError, ensure_dataset, resolve_data_dir
 from .runs import default_cache_dir, parse_option, run_name
@@ -525,17 +526,18 @@ def measure_step(run: Run, device: Any) -> float:
     return seconds
 
 
-def estimate(runs: list[Run]) -> dict[str, float | None]:
+def estimate(runs: list[Run], keep_going: Callable[[], bool] = lambda: True) -> dict[str, float | None]:
     """Run name -> estimated seconds: one measured step x (training steps + validation batches / 3,
     a forward pass being about a third of a step). Compilation and start-up are not included;
-    DistilBERT heads (feature cache first) are not estimated."""
+    DistilBERT heads (feature cache first) are not estimated, nor shapes left when
+    `keep_going()` turns false (the time set aside for estimating is over)."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     step_s: dict[tuple, float] = {}
     out: dict[str, float | None] = {}
     for run in runs:
-        if run.snli_mode == "distilbert":
+        if run.snli_mode == "distilbert" or (run.cost_key not in step_s and not keep_going()):
             out[run.name] = None
             continue
         if run.cost_key not in step_s:
@@ -737,6 +739,17 @@ class Queue:
                 print(f"!!! eval {run.name} failed (exit {rc}); log {run_dir / 'eval.log'}", file=sys.stderr, flush=True)
         return out
 
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM stop the queue (and its runs, cleanly) instead of the process."""
+        handlers = {s: signal.signal(s, lambda signum, _: self.stop(f"received {signal.Signals(signum).name}"))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
     def run(self, runs: list[Run], estimates: dict[str, float | None] | None = None) -> list[Outcome]:
         """Run everything (or until stopped); one Outcome per run, in the runs' order."""
         estimates = estimates or {}
@@ -755,10 +768,8 @@ class Queue:
                     done[run.name] = Outcome(run.name, run.stage, "failed", note=f"{type(e).__name__}: {e}")
                     print(f"!!! {run.name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
-        handlers = {s: signal.signal(s, lambda signum, _: self.stop(f"received {signal.Signals(signum).name}"))
-                    for s in (signal.SIGINT, signal.SIGTERM)}
         threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in self.slots]
-        try:
+        with self.signals():
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
@@ -768,9 +779,6 @@ class Queue:
                     self.stop("asked to stop")
                 for t in threads:
                     t.join(timeout=0.5 / len(threads))
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
         return [done.get(r.name) or Outcome(r.name, r.stage, "not started", estimate_s=estimates.get(r.name))
                 for r in runs]
 
@@ -900,18 +908,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stamp_dir = Path(args.out_dir) if args.out_dir else knobs.out_root / time.strftime("%Y-%m-%d_%H-%M-%S")
     print(f"grid: {len(runs)} run(s), mode {args.mode}; {why}; checks passed in {time.time() - t0:.1f} s", flush=True)
-    estimates = estimate(runs) if args.estimate else {}
+    deadline = t0 + args.budget_s if args.budget_s is not None else None
+    queue = Queue(knobs, slots, args.mode, stamp_dir, args.python, deadline=deadline)
+    estimates: dict[str, float | None] = {}
+    if args.estimate:  # at most a fifth of the budget
+        until = t0 + args.budget_s / 5 if args.budget_s is not None else float("inf")
+        with queue.signals():
+            estimates = estimate(runs, lambda: queue.stop_reason is None and time.time() < until)
     for i, run in enumerate(runs, 1):
         est = estimates.get(run.name)
         print(f"  {i:3d}. [{run.stage}] {run.name}: {run.steps} steps"
-              + (f", about {_fmt_s(est)} s" if est is not None else ""), flush=True)
+              + (f", about {_fmt_s(est)} s" if est is not None else ", not estimated" if estimates else ""),
+              flush=True)
     if estimates:
         known = [v for v in estimates.values() if v is not None]
         print(f"  estimate: {sum(known):.0f} s of steps in all, about {sum(known) / len(slots):.0f} s over "
               f"{len(slots)} slot(s) (one measured eager step per shape; compilation and start-up not included)",
               flush=True)
-    deadline = time.time() + args.budget_s if args.budget_s is not None else None
-    queue = Queue(knobs, slots, args.mode, stamp_dir, args.python, deadline=deadline)
     t0 = time.time()
     outcomes = queue.run(runs, estimates)
     wall = time.time() - t0
