@@ -4,13 +4,12 @@ a tiny local DistilBERT)."""
 
 from __future__ import annotations
 
-import gzip
+import collections
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +272,17 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     for name in names:
         if name.startswith("grassmann"):
             assert f"evaluating the newest checkpoint of {name}" in res.stdout
+
+
+def test_on_gpus_a_shape_compiles_once_before_its_other_runs_start(tmp_path: Path) -> None:
+    knobs = grid.Knobs.from_env({**TINY, "SEEDS": "0,1", "CONTROLS": "0"})
+    runs = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["wikitext"])  # T0 G0 T1 G1
+    queue = grid.Queue(knobs, ["0", "0"], "both", tmp_path, sys.executable)
+    todo = collections.deque(runs)
+    assert queue._next(todo, "0") is runs[0] and queue._next(todo, "0") is runs[1]
+    assert queue._next(todo, "0") is None  # seed 1 of both shapes waits for their first compile
+    queue._warm.add(runs[1].compile_key)
+    assert queue._next(todo, "0") is runs[3]  # the Grassmann shape is compiled: its next run may start
+    cpu = grid.Queue(knobs, [None, None], "both", tmp_path, sys.executable)
+    todo = collections.deque(runs)
+    assert [cpu._next(todo, None) for _ in runs] == runs  # nothing compiles on the CPU: plain order

@@ -185,6 +185,12 @@ class Run:
     epochs: int = 0
 
     @property
+    def compile_key(self) -> tuple[str, ...]:
+        """What decides the compiled graph: the arguments without seed, lr and tag."""
+        skip = {"--seed", "--lr", "--tag"}
+        return tuple(a for i, a in enumerate(self.args) if a not in skip and (i == 0 or self.args[i - 1] not in skip))
+
+    @property
     def train_module(self) -> str:
         return TRAIN_MODULE[self.task]
 
@@ -638,6 +644,8 @@ class Queue:
         self.stop_reason: str | None = None
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
+        self._compiling: set[tuple[str, ...]] = set()  # shapes a run has started on (GPU slots)
+        self._warm: set[tuple[str, ...]] = set()  # shapes whose first run has logged a step
         self._env = self._child_env()
 
     def _child_env(self) -> dict[str, str]:
@@ -664,7 +672,8 @@ class Queue:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
 
-    def _execute(self, cmd: list[str], log: Path, slot: str | None) -> int:
+    def _execute(self, cmd: list[str], log: Path, slot: str | None,
+                 on_line: Callable[[str], None] = lambda line: None) -> int:
         env = dict(self._env)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
@@ -678,6 +687,7 @@ class Queue:
         with open(log, "a") as f:
             f.write(f"$ {shlex.join(cmd)}\n")
             for line in proc.stdout:  # type: ignore[union-attr]
+                on_line(line)
                 f.write(line)
                 f.flush()
                 if self.echo:
@@ -709,7 +719,10 @@ class Queue:
             print(f"=== train {run.name}{where}{' (resuming ' + str(last) + ')' if last else ''}, "
                   f"log {run_dir / 'train.log'}", flush=True)
             t0 = time.perf_counter()
-            rc = self._execute(cmd, run_dir / "train.log", slot)
+            # its first logged step ends the compilation the runs of its shape wait for
+            rc = self._execute(cmd, run_dir / "train.log", slot,
+                               lambda line: self._warm.add(run.compile_key) if line.startswith("step ") else None)
+            self._warm.add(run.compile_key)
             out.train_s = time.perf_counter() - t0
             out.out_dir = str(run_dir)
             if rc != 0:
@@ -739,6 +752,22 @@ class Queue:
                 print(f"!!! eval {run.name} failed (exit {rc}); log {run_dir / 'eval.log'}", file=sys.stderr, flush=True)
         return out
 
+    def _next(self, todo: collections.deque, slot: str | None) -> Run | None:
+        """The first run in priority order that may start now (under the lock).
+
+        On GPUs, runs start compiled: a run whose shape is being compiled by another run
+        waits until that one has logged a step, so that it finds the shape in the shared
+        compilation cache instead of compiling it again at the same time.
+        """
+        for run in todo:
+            if slot is None or self.mode == "eval" or run.compile_key in self._warm \
+                    or run.compile_key not in self._compiling:
+                todo.remove(run)
+                if slot is not None:
+                    self._compiling.add(run.compile_key)
+                return run
+        return None
+
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
         """SIGINT/SIGTERM stop the queue (and its runs, cleanly) instead of the process."""
@@ -761,7 +790,10 @@ class Queue:
                 with self._lock:
                     if self.stop_reason or not todo:
                         return
-                    run = todo.popleft()
+                    run = self._next(todo, slot)
+                if run is None:  # only runs whose shape is still compiling elsewhere are left
+                    time.sleep(0.5)
+                    continue
                 try:
                     done[run.name] = self._job(run, slot, estimates.get(run.name))
                 except Exception as e:  # one broken run must not take the queue down
