@@ -103,12 +103,14 @@ step_grid() {  # $1: its time box; the queue stops itself GRACE_S before, the bo
     --out-dir "$OUT" --python "$PYTHON"
 }
 
-step_analysis() {
-  "$PYTHON" scripts/analyze_best_results.py "$OUT" > "$OUT/analysis.md" && cat "$OUT/analysis.md"
+step_analysis() {  # with RESUME=1 the continued runs live in earlier windows' directories
+  local runs="$OUT"
+  if [ "${RESUME:-0}" = 1 ]; then runs="${OUT_ROOT:-outputs}"; fi
+  "$PYTHON" scripts/analyze_best_results.py "$runs" > "$OUT/analysis.md" && cat "$OUT/analysis.md"
   local bench=() b
   b="$(ls -1 "$BENCH_OUT"/*/*.json 2>/dev/null | head -n 1)"
   if [ -n "$b" ]; then bench=(--bench "$b"); fi
-  "$PYTHON" scripts/visualize_results.py "$OUT" --out "$OUT/images" "${bench[@]}"
+  "$PYTHON" scripts/visualize_results.py "$runs" --out "$OUT/images" "${bench[@]}"
 }
 
 step_summary() {

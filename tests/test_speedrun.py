@@ -35,6 +35,11 @@ def plan(env: dict[str, str], models=("transformer", "grassmann"), datasets=("wi
     return grid.Planner(grid.Knobs.from_env(env)).speedrun(list(models), list(datasets))
 
 
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -125,11 +130,26 @@ def test_eval_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
     assert "no " in res.stderr and "best.pt to evaluate" in res.stderr
 
 
-def test_missing_distilbert_names_both_ways_out(tmp_path: Path) -> None:
-    res = speedrun(tmp_path, "all", "snli", SNLI_MODE="distilbert", DISTILBERT_DIR=str(tmp_path / "none"))
+@pytest.mark.parametrize("where", ["local", "hub"])
+def test_missing_distilbert_names_both_ways_out(tmp_path: Path, where: str) -> None:
+    env = {"DISTILBERT_DIR": str(tmp_path / "none")} if where == "local" else \
+        {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # offline with an empty cache
+    res = speedrun(tmp_path, "all", "snli", SNLI_MODE="distilbert", **env)
     assert res.returncode == 2
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "SNLI_MODE=scratch" in err[0] and "DISTILBERT_DIR" in err[0], res.stderr
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path, cache: None) -> None:
+    knobs = grid.Knobs.from_env({**TINY, "DATA_DIR": str(FIXTURE), "OUT_ROOT": str(tmp_path), "RESUME": "1",
+                                 "CONTROLS": "0"})
+    runs = grid.Planner(knobs).speedrun(["grassmann"], ["wikitext"])
+    run_dir = tmp_path / "2026-01-01_00-00-00" / runs[0].name
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text(json.dumps({"summary": {**runs[0].expect, "lr": 1e-3}}))
+    with pytest.raises(grid.PreflightError, match=r"RESUME=1: .* another configuration: lr \(checkpoint 0.001"):
+        grid.preflight(runs, knobs, "both")
 
 
 # --------------------------------------------------------------------------- the queue
@@ -142,11 +162,6 @@ def _queue(tmp_path: Path, env: dict[str, str], runs_per_gpu: int = 1, **kwargs)
     grid.preflight(runs, knobs, "both")
     slots = [None] * runs_per_gpu
     return grid.Queue(knobs, slots, "both", tmp_path / "outputs" / "stamp", sys.executable, **kwargs), runs
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_queue_with_two_runs_at_once(tmp_path: Path, cache: None) -> None:
