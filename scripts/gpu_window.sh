@@ -106,11 +106,13 @@ step_grid() {  # $1: its time box; the queue stops itself GRACE_S before, the bo
 step_analysis() {  # with RESUME=1 the continued runs live in earlier windows' directories
   local runs="$OUT"
   if [ "${RESUME:-0}" = 1 ]; then runs="${OUT_ROOT:-outputs}"; fi
-  "$PYTHON" scripts/analyze_best_results.py "$runs" > "$OUT/analysis.md" && cat "$OUT/analysis.md"
-  local bench=() b
+  local bench=() b rc=0
+  "$PYTHON" scripts/analyze_best_results.py "$runs" > "$OUT/analysis.md" || rc=$?
+  cat "$OUT/analysis.md"
   b="$(ls -1 "$BENCH_OUT"/*/*.json 2>/dev/null | head -n 1)"
   if [ -n "$b" ]; then bench=(--bench "$b"); fi
-  "$PYTHON" scripts/visualize_results.py "$runs" --out "$OUT/images" "${bench[@]}"
+  "$PYTHON" scripts/visualize_results.py "$runs" --out "$OUT/images" "${bench[@]}" || rc=$?
+  return "$rc"
 }
 
 step_summary() {
@@ -128,7 +130,7 @@ trap 'on_signal SIGTERM' TERM
 trap 'on_signal SIGINT' INT
 
 run_step() {  # run_step <name> <longest s> <function>: time-boxed, recorded in steps.tsv
-  local name="$1" longest="$2" fn="$3" box t0 rc status reserve=0
+  local name="$1" longest="$2" fn="$3" box t0 rc status reserve=0 stopped_before="$STOPPED"
   case "$FINAL_STEPS" in *" $name "*) ;; *) reserve=$RESERVE_S;; esac
   box=$(( $(left) - reserve ))
   if [ "$longest" -gt 0 ] && [ "$longest" -lt "$box" ]; then box=$longest; fi
@@ -145,7 +147,7 @@ run_step() {  # run_step <name> <longest s> <function>: time-boxed, recorded in 
     if [ -n "$STOPPED" ] && kill -0 "$CHILD" 2>/dev/null; then wait "$CHILD"; rc=$?; fi
     CHILD=""
     case "$rc" in 0) status=ok;; 124|137) status="cut at ${box} s";; *) status="failed (exit $rc)";; esac
-    if [ -n "$STOPPED" ] && [ "$rc" != 0 ]; then status="stopped ($STOPPED)"; fi
+    if [ -z "$stopped_before" ] && [ -n "$STOPPED" ] && [ "$rc" != 0 ]; then status="stopped ($STOPPED)"; fi
   fi
   printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
   echo "--- [$name] $status"
