@@ -301,3 +301,14 @@ def test_on_gpus_a_shape_compiles_once_before_its_other_runs_start(tmp_path: Pat
     cpu = grid.Queue(knobs, [None, None], "both", tmp_path, sys.executable)
     todo = collections.deque(runs)
     assert [cpu._next(todo, None) for _ in runs] == runs  # nothing compiles on the CPU: plain order
+
+
+def test_a_run_cut_before_its_first_checkpoint_is_marked(tmp_path: Path) -> None:
+    (run,) = plan({**TINY, "CONTROLS": "0"}, models=("grassmann",))
+    grid._mark_cut(run, tmp_path, "the time budget ran out")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "interrupted" and "before the first checkpoint" in results["stop_reason"]
+    assert (results["task"], results["model"], results["lr"]) == ("wikitext", "grassmann", 6e-4)  # analysable
+    (tmp_path / "results.json").write_text('{"status": "completed"}')
+    grid._mark_cut(run, tmp_path, "again")  # a results.json the run wrote itself is kept
+    assert json.loads((tmp_path / "results.json").read_text()) == {"status": "completed"}

@@ -673,14 +673,16 @@ class Queue:
                     proc.send_signal(signal.SIGTERM)
 
     def _execute(self, cmd: list[str], log: Path, slot: str | None,
-                 on_line: Callable[[str], None] = lambda line: None) -> int:
+                 on_line: Callable[[str], None] = lambda line: None) -> int | None:
+        """Run `cmd` into `log` (and the terminal with one slot); its exit code, or None when
+        the queue was stopped before it could start."""
         env = dict(self._env)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        log.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self.stop_reason:
-                return -1
+                return None
+            log.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                     start_new_session=True)  # signals reach it from the queue only
             self._procs.add(proc)
@@ -723,6 +725,8 @@ class Queue:
             rc = self._execute(cmd, run_dir / "train.log", slot,
                                lambda line: self._warm.add(run.compile_key) if line.startswith("step ") else None)
             self._warm.add(run.compile_key)
+            if rc is None:
+                return Outcome(run.name, run.stage, "not started", estimate_s=estimate_s)
             out.train_s = time.perf_counter() - t0
             out.out_dir = str(run_dir)
             if rc != 0:
