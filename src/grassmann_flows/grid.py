@@ -409,6 +409,8 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
             ensure_dataset(task, data_dir)
     except DataUnavailableError as e:
         raise PreflightError(str(e)) from None
+    if any(r.snli_mode == "distilbert" for r in runs):
+        _check_backbone(knobs.distilbert_dir)
     cache = default_cache_dir()
     sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
     for run in runs:
@@ -455,8 +457,6 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
         val = -(-n_val // (train_cfg.eval_batch_size or batch))
         run.epochs, run.steps = epochs, epochs * per_epoch
         run.val_batches = min(val, train_cfg.eval_max_batches) if train_cfg.eval_max_batches else val
-    if any(r.snli_mode == "distilbert" for r in runs):
-        _check_backbone(knobs.distilbert_dir)
     if knobs.resume and mode != "eval":
         for run in runs:
             last = newest(knobs.out_root, run.name, "last.pt")
