@@ -312,3 +312,11 @@ def test_a_run_cut_before_its_first_checkpoint_is_marked(tmp_path: Path) -> None
     (tmp_path / "results.json").write_text('{"status": "completed"}')
     grid._mark_cut(run, tmp_path, "again")  # a results.json the run wrote itself is kept
     assert json.loads((tmp_path / "results.json").read_text()) == {"status": "completed"}
+
+
+def test_a_bad_extra_flag_is_one_line_before_any_data_is_read(tmp_path: Path) -> None:
+    res = speedrun(tmp_path, "grassmann", "wikitext", EXTRA_ARGS="--no-such-flag 1",
+                   DATA_DIR=str(tmp_path / "nowhere"))
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(err) == 1, res.stderr
+    assert "unrecognized arguments: --no-such-flag 1" in err[0] and "EXTRA_ARGS" in err[0]

@@ -403,6 +403,7 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     from .train_snli import SNLI_DEFAULTS
     from .training import TrainConfig
 
+    parsed = {run.name: _parse(run) for run in runs}  # the arguments first: they cost nothing
     data_dir = resolve_data_dir(knobs.data_dir)
     try:
         for task in dict.fromkeys(r.task for r in runs):
@@ -414,7 +415,7 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     cache = default_cache_dir()
     sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
     for run in runs:
-        ns = _parse(run)
+        ns = parsed[run.name]
         train_cfg = dataclass_from_args(TrainConfig, ns)
         try:
             if run.task == "wikitext":
