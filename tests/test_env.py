@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,19 @@ NO_INDEX = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS"
 
 
 def source_env(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`source scripts/env.sh` with a fresh VENV and `python3` = this interpreter's base Python."""
+    """`source scripts/env.sh` of a copy of the project (pip writes into it), with a fresh VENV
+    and `python3` = this interpreter's base Python."""
+    repo = tmp_path / "repo"
+    if not repo.exists():
+        for item in ("src", "scripts", "pyproject.toml"):
+            (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "python3").unlink(missing_ok=True)
     (bin_dir / "python3").symlink_to(BASE_PYTHON)
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "PYTHONPATH", "VIRTUAL_ENV")}
     full = {**base, **NO_INDEX, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VENV": str(tmp_path / "venv"), **env}
-    return subprocess.run(["bash", "-c", 'source scripts/env.sh && echo "PYTHON=$PYTHON"'], cwd=REPO, env=full,
+    return subprocess.run(["bash", "-c", 'source scripts/env.sh && echo "PYTHON=$PYTHON"'], cwd=repo, env=full,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -39,7 +45,8 @@ def test_system_torch_is_reused_and_nothing_is_downloaded(tmp_path: Path) -> Non
     assert not (venv / "pip.log").exists()  # no package was missing, so pip was never asked
     assert "--system-site-packages" in res.stderr
     check = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch, grassmann_flows; print(torch.__file__)"],
-                           env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{site}"}, capture_output=True, text=True)
+                           env={**os.environ, "PYTHONPATH": f"{tmp_path / 'repo' / 'src'}:{site}"},
+                           capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.startswith(site)
     again = source_env(tmp_path, PYTHONPATH=site)  # ready: the second source does nothing
     assert again.returncode == 0 and again.stderr == ""
