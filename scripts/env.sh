@@ -25,7 +25,8 @@ _env_setup() {  # _env_setup <venv>: create it and install what is missing (once
   if [ ! -x "$py" ]; then
     if python3 -c "import torch" 2>/dev/null; then
       echo "[env] first run: creating $venv on the system's torch (--system-site-packages)" >&2
-      python3 -m venv --system-site-packages "$venv"
+      # without ensurepip (some distributions) the venv still works: pip, if needed, is the system's
+      python3 -m venv --system-site-packages "$venv" 2>/dev/null || python3 -m venv --system-site-packages --without-pip "$venv"
     else
       echo "[env] first run: creating $venv" >&2
       python3 -m venv "$venv"
