@@ -196,12 +196,12 @@ def fused_skip_reason(device: torch.device) -> str | None:
 
 def bench_mixer(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     dims = QUICK_MIXER_DIMS if args.quick else MIXER_DIMS
-    lengths = QUICK_LENGTHS if args.quick else MIXER_LENGTHS
+    lengths = QUICK_LENGTHS if args.quick else (args.lengths or MIXER_LENGTHS)
     tokens = QUICK_TOKENS if args.quick else MIXER_TOKENS
     rows = []
     for L in lengths:
         B = max(1, tokens // L)
-        for layer_name in LAYERS:
+        for layer_name in ("attention", *(f"grassmann-{impl}" for impl in args.impls)):
             row: dict[str, Any] = {"L": L, "B": B, "tokens": B * L, "layer": layer_name, **dims}
             impl = layer_name.removeprefix("grassmann-") if layer_name != "attention" else None
             reason = fused_skip_reason(device) if impl == "fused" else None
@@ -251,7 +251,7 @@ def bench_models(args: argparse.Namespace, device: torch.device, modes: list[str
     extra = QUICK_MODEL_OPTIONS if args.quick else {}
     rows = []
     for L, N, B in settings:
-        for model_name in MODELS:
+        for model_name in ("transformer", *(f"grassmann-{impl}" for impl in args.impls)):
             for mode in ["eager", *modes]:
                 row: dict[str, Any] = {"L": L, "N": N, "B": B, "tokens": B * L, "model": model_name, "mode": mode}
                 impl = model_name.removeprefix("grassmann-") if model_name != "transformer" else None
@@ -639,7 +639,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-state-mb", type=float,
                    help="(c) skip a decoding state larger than this (default: none on CUDA, 2048 on CPU)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench", help="output directory")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                   help="Grassmann implementations to run in (a) and (b) (default: all)")
+    p.add_argument("--lengths", nargs="+", type=int, help=f"(a) at these L (default {' '.join(map(str, MIXER_LENGTHS))})")
+    p.add_argument("--window", action="store_true",
+                   help="the short-GPU-window cut: (a) at L=4096 and 16384, fast and fused only, "
+                        "3 warm-up and 10 timed steps, --max-step-s 5 (explicit flags win)")
     args = p.parse_args(argv)
+    if args.window:
+        given = set(argv if argv is not None else sys.argv[1:])
+        if "--impls" not in given:
+            args.impls = ["fast", "fused"]
+        args.lengths = args.lengths or [4096, 16384]
+        args.warmup = 3 if args.warmup is None else args.warmup
+        args.steps = 10 if args.steps is None else args.steps
+        if "--max-step-s" not in given:
+            args.max_step_s = 5.0
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
     args.steps = args.steps if args.steps is not None else (2 if args.quick else 50)
     if args.max_state_mb is None and args.device.startswith("cpu"):

@@ -1,22 +1,69 @@
-# Sourced by speedrun.sh and test.sh: use $PYTHON if set, else the repo's .venv, creating
-# it and installing the project (with the optional groups in EXTRAS) the first time.
-#   TORCH_SPEC  what pip installs for torch when the venv has none (default "torch>=2.4")
+# Sourced by speedrun.sh, test.sh and scripts/gpu_window.sh: sets $PYTHON.
+#
+# $PYTHON if set is used as it is. Otherwise the repo's .venv, made the first time:
+#   - python3 can import torch (a GPU machine's system torch, offline): the venv is made
+#     with --system-site-packages and nothing is downloaded. Only a package that is still
+#     missing is pip-installed; if pip cannot get it, one line names it.
+#   - python3 has no torch: a plain venv, then torch (TORCH_SPEC) and the project with its
+#     dependencies from PyPI.
+# The project itself is always importable through PYTHONPATH=src.
+#   TORCH_SPEC  what pip installs for torch when there is none (default "torch>=2.4")
 #   EXTRAS      optional groups of the project, e.g. "dev,triton" (test.sh)
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+_env_missing() {  # _env_missing <python> <module...>: print those of the modules it cannot import
+  "$1" - "${@:2}" <<'EOF'
+import importlib.util, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
+EOF
+}
+
+_env_setup() {  # _env_setup <venv>: create it and install what is missing (once per set of extras)
+  local venv="$1" py="$1/bin/python" modules="transformers tokenizers numpy tqdm matplotlib pandas" missing
+  case ",${EXTRAS:-}," in *,dev,*) modules+=" pytest";; esac
+  case ",${EXTRAS:-}," in *,triton,*) modules+=" triton";; esac
+  if [ ! -x "$py" ]; then
+    if python3 -c "import torch" 2>/dev/null; then
+      echo "[env] first run: creating $venv on the system's torch (--system-site-packages)" >&2
+      # without ensurepip (some distributions) the venv still works: pip, if needed, is the system's
+      python3 -m venv --system-site-packages "$venv" 2>/dev/null || python3 -m venv --system-site-packages --without-pip "$venv"
+    else
+      echo "[env] first run: creating $venv" >&2
+      python3 -m venv "$venv"
+    fi || { echo "error: could not create a virtual environment with python3 -m venv" >&2; return 1; }
+  fi
+  if "$py" -c "import torch" 2>/dev/null; then
+    # torch is there (the system's or an earlier install): download only what is missing.
+    missing="$(_env_missing "$py" $modules)"
+    if [ -n "$missing" ]; then
+      echo "[env] installing the missing package(s) $missing into $venv" >&2
+      "$py" -m pip install -q $missing >>"$venv/pip.log" 2>&1 || {
+        echo "error: missing Python package(s) $missing, and pip could not install them (no package index reachable? see $venv/pip.log): install them into $venv by hand, or set PYTHON" >&2
+        return 1; }
+    fi
+    # Record the project in the venv without resolving or fetching anything; when even that
+    # cannot be done offline (no setuptools), PYTHONPATH=src below is enough.
+    "$py" -m pip install -q --no-deps --no-index --no-build-isolation -e "$REPO_ROOT" >/dev/null 2>&1 || true
+    if [ -n "$(_env_missing "$py" datasets)" ]; then
+      echo "[env] note: 'datasets' is not installed, so the data must be local (DATA_DIR); nothing is fetched from the hub" >&2
+    fi
+  else
+    echo "[env] installing torch and the project${EXTRAS:+ with [$EXTRAS]} into $venv (once)" >&2
+    "$py" -m pip install -q --upgrade pip >>"$venv/pip.log" 2>&1 || true  # an old pip may not know newer wheels
+    "$py" -m pip install -q "${TORCH_SPEC:-torch>=2.4}" >>"$venv/pip.log" 2>&1 || {
+      echo "error: missing Python package torch, and pip could not install ${TORCH_SPEC:-torch>=2.4} (no package index reachable? see $venv/pip.log)" >&2
+      return 1; }
+    "$py" -m pip install -q -e "$REPO_ROOT${EXTRAS:+[$EXTRAS]}" >>"$venv/pip.log" 2>&1 || {
+      echo "error: installing the project's dependencies with pip failed (no package index reachable? see $venv/pip.log)" >&2
+      return 1; }
+  fi
+}
+
 if [ -z "${PYTHON:-}" ]; then
   VENV="${VENV:-$REPO_ROOT/.venv}"
   MARK="$VENV/.grassmann-flows-ready-${EXTRAS:-base}"  # one per set of extras
   if [ ! -f "$MARK" ]; then
-    if [ ! -x "$VENV/bin/python" ]; then
-      echo "[env] first run: creating $VENV" >&2
-      python3 -m venv "$VENV" || { echo "error: could not create a virtual environment with python3 -m venv" >&2; exit 1; }
-      "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    fi
-    echo "[env] installing the project${EXTRAS:+ with [$EXTRAS]} into $VENV (once)" >&2
-    "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch>=2.4}" >&2 \
-      || { echo "error: installing torch failed" >&2; exit 1; }
-    "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT${EXTRAS:+[$EXTRAS]}" >&2 \
-      || { echo "error: installing the project failed" >&2; exit 1; }
+    _env_setup "$VENV" || exit 1
     touch "$MARK"
   fi
   PYTHON="$VENV/bin/python"

@@ -1,6 +1,6 @@
 """Evaluate an SNLI run's best.pt on the test split: accuracy, loss, per-class, confusion.
 
-    python -m grassmann_flows.eval_snli outputs/<ts>/grassmann_snli_L128_N6_s0
+    python -m grassmann_flows.eval_snli outputs/<ts>/grassmann_snli_L128_N6_paper_lr3e-4_s0
 
 Writes <run>/eval_<split>.json.
 """

@@ -1,6 +1,6 @@
 """Evaluate a WikiText-2 run's best.pt on the test split (or another split).
 
-    python -m grassmann_flows.eval_wikitext outputs/<ts>/grassmann_wikitext_L256_N12_s0
+    python -m grassmann_flows.eval_wikitext outputs/<ts>/grassmann_wikitext_L256_N12_paper_lr6e-4_s0
     python -m grassmann_flows.eval_wikitext RUN_DIR --sliding-window 128
 
 Token-weighted perplexity over non-overlapping blocks, as in training; with

@@ -51,9 +51,22 @@ def info(text: str) -> None:
         print(text, flush=True)
 
 
-def run_name(model: str, task: str, seq_len: int, n_layers: int, seed: int, tag: str = "") -> str:
-    """<model>_<dataset>_L<len>_N<layers>_s<seed>[_<tag>], the run directory's name."""
-    return f"{model}_{task}_L{seq_len}_N{n_layers}_s{seed}" + (f"_{tag}" if tag else "")
+def lr_label(lr: float) -> str:
+    """A learning rate as run names spell it: 6e-4, 2.5e-4, 1e-3."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def run_name(model: str, task: str, seq_len: int | None, n_layers: int | None, seed: int, tag: str = "", *,
+             preset: str | None, lr: float) -> str:
+    """The run directory's name: everything that tells two runs of a grid apart.
+
+    <model>_<task>_L<len>_N<layers>_<preset>_lr<lr>_s<seed>[_<tag>]; a DistilBERT head
+    (seq_len None) has no depth or preset of its own: <model>_snli_distilbert_lr<lr>_s<seed>[_<tag>].
+    """
+    shape = "distilbert" if seq_len is None else f"L{seq_len}_N{n_layers}"
+    parts = [model, task, shape, *([preset] if preset else []), f"lr{lr_label(lr)}", f"s{seed}", *([tag] if tag else [])]
+    return "_".join(parts)
 
 
 def parse_option(text: str) -> tuple[str, Any]:

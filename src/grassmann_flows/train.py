@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
     model_cfg = resolve_config(args.model, args.preset, **options)
-    name = run_name(args.model, "wikitext", data_cfg.seq_len, args.n_layers, train_cfg.seed, args.tag)
+    name = run_name(args.model, "wikitext", data_cfg.seq_len, args.n_layers, train_cfg.seed, args.tag,
+                    preset=args.preset, lr=train_cfg.lr)
     out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
 
     splits = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
         "summary": {"run_name": name, "task": "wikitext", "model": args.model, "preset": args.preset,
                     "tag": args.tag, "seq_len": data_cfg.seq_len, "n_layers": args.n_layers,
-                    "seed": train_cfg.seed, "corpus": corpus, "data_dir": str(data_dir)},
+                    "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus, "data_dir": str(data_dir)},
     }
     results = fit(model, LMTask(splits), train_cfg, out_dir, run_info, resume=args.resume)
     return exit_code(results)

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     corpus = corpus_label("snli", data_dir)
     summary = {"task": "snli", "snli_mode": args.mode, "model": args.model, "preset": args.preset,
-               "tag": args.tag, "n_layers": args.n_layers, "seed": train_cfg.seed, "corpus": corpus,
+               "tag": args.tag, "n_layers": args.n_layers, "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus,
                "data_dir": str(data_dir)}
     torch.manual_seed(train_cfg.seed)
     if args.mode == "scratch":
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         from .data.tokenizers import load_tokenizer
 
         options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
-        name = run_name(args.model, "snli", data_cfg.max_len, args.n_layers, train_cfg.seed, args.tag)
+        name = run_name(args.model, "snli", data_cfg.max_len, args.n_layers, train_cfg.seed, args.tag,
+                        preset=args.preset, lr=train_cfg.lr)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
         model = build_classifier(args.model, args.preset, pooling=args.pooling, **options)
         task = SNLITask(splits)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.transformer_head:
             raise ValueError("--transformer-head picks the Transformer head's layout; the Grassmann head "
                              "is always siamese")
-        name = f"{args.model}_snli_distilbert_s{train_cfg.seed}" + (f"_{args.tag}" if args.tag else "")
+        name = run_name(args.model, "snli", None, None, train_cfg.seed, args.tag, preset=None, lr=train_cfg.lr)
         if combine == "siamese":  # a different model: never share a run directory with the joint head
             name += "_siamese"
         head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,

@@ -7,9 +7,9 @@ Local layout under a data directory (the same as tests/fixtures/data)::
     snli_1.0/{train,validation,test}.jsonl.gz       one {"premise", "hypothesis", "label"}
                                                     object per line, label 0/1/2
 
-Everything is read from these files. Only when one is missing is the optional ``datasets``
-package imported to download the dataset and write it into this layout, so that later runs
-are offline.
+Everything is read from these files. Only when one is missing is ``datasets`` (a dependency
+of the project, but absent from offline machines that reuse a system torch) imported to
+download the dataset and write it into this layout, so that later runs are offline.
 """
 from __future__ import annotations
 
