@@ -60,6 +60,11 @@ OURS = "ours"
 _TIMESTAMP_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
 
+# Model settings that a preset sets for the Transformer and the Grassmann model alike; a
+# preset that changes them (preln_all_offsets: FFN dropout 0.1) trains its own Transformer.
+SHARED_MODEL_FIELDS = ("dropout", "ffn_dropout", "init")
+
+
 class ResultsError(RuntimeError):
     """A problem with the input that the scripts report as a one-line error."""
 
@@ -136,6 +141,15 @@ class Run:
         return self._setting("extra_proj", "model", "mixer", "extra_proj")
 
     @property
+    def shared(self) -> tuple | None:
+        """The settings a preset gives both models alike (`model.{dropout,ffn_dropout,init}`):
+        a Grassmann run is compared with the Transformer trained with the same ones."""
+        model = self.config.get("model")
+        if not isinstance(model, dict):
+            return None
+        return tuple(model.get(k) for k in SHARED_MODEL_FIELDS)
+
+    @property
     def recency(self) -> tuple:
         """Sort key, newest last: sweep timestamp, then `finished_at` if recorded, then mtime."""
         return (_sweep_stamp(self.path), str(self.data.get("finished_at") or ""), self.path.stat().st_mtime)
@@ -148,7 +162,7 @@ class Run:
             n_layers=d.get("n_layers"), preset=d.get("preset"), tag=d.get("tag") or "",
             corpus=d.get("corpus", "unknown"),
             snli_mode=d.get("snli_mode") if d["task"] == "snli" else None,
-            block=self.block, extra_proj=self.extra_proj, lr=self.lr,
+            block=self.block, extra_proj=self.extra_proj, lr=self.lr, shared=self.shared,
         )
 
 
@@ -262,6 +276,7 @@ class ConfigKey:
     block: str | None = None
     extra_proj: str | None = None
     lr: float | None = None
+    shared: tuple | None = None
 
     @property
     def comparable(self) -> bool:
@@ -495,12 +510,15 @@ def _partners(g: ConfigKey, transformers: list[Config]) -> list[Config]:
     * An untagged Grassmann with an extra d x d projection (the `paper` preset's main
       run) also against a post-LN Transformer (block=postln), whatever the control's
       tag: the block-layout control. Tagged ablations are compared with the baseline only.
-    * The Transformer is the same under every Grassmann preset: one with the same preset
-      is preferred, then one keyed without a preset, then any preset's.
+    * The Transformer is trained once per configuration, under the first preset that gives
+      it: one with the same preset is preferred, then one trained with the same shared
+      settings (`ConfigKey.shared`: dropout, FFN dropout, init), then one keyed without a
+      preset. A Transformer that differs in those settings is never a partner.
     """
     same_base = [t for t in transformers if t.key.pair_base() == g.pair_base()]
     pool = ([t for t in same_base if t.key.preset == g.preset]
-            or [t for t in same_base if not t.key.preset] or same_base)
+            or [t for t in same_base if g.shared is not None and t.key.shared == g.shared]
+            or [t for t in same_base if not t.key.preset])
     baseline = [t for t in pool if t.key.block in (None, "preln")]
     matched = ([t for t in baseline if t.key.tag == g.tag]
                or [t for t in baseline if t.key.tag == ""])

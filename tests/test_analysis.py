@@ -3,6 +3,8 @@ statistics, on the synthetic fixture sweep in tests/fixtures/results/ (not real 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import importlib.util
 import json
 import math
@@ -214,25 +216,36 @@ def test_controls_are_paired_by_their_config_fields(sweep: Path) -> None:
     assert "| ours | G-paper vs T-postLN |" in markdown and "| ours | G-no-extra vs T-preLN |" in markdown
 
 
-def test_one_transformer_pairs_with_every_preset() -> None:
-    """A Transformer keyed once (any or no preset) is the baseline of every Grassmann preset."""
-    def config(model: str, preset: str | None, block: str | None = None) -> _results.Config:
+def test_one_transformer_pairs_with_every_preset_that_trains_it() -> None:
+    """A Transformer trained once, under the first preset that gives it, is the baseline of
+    every Grassmann preset with the same shared settings, and of no other."""
+    plain, ffn_drop = (0.1, 0.0, "gpt2"), (0.1, 0.1, "gpt2")  # (dropout, ffn_dropout, init)
+    shared = {"paper": plain, "preln_per_layer": plain, "preln_all_offsets": ffn_drop}
+
+    def config(model: str, preset: str | None, block: str | None = None,
+               settings: tuple | None = None) -> _results.Config:
         key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
                                  preset=preset, tag="", corpus="full", snli_mode=None, block=block,
-                                 extra_proj="out" if preset == "paper" else ("none" if model == "grassmann" else None))
+                                 extra_proj="out" if preset == "paper" else ("none" if model == "grassmann" else None),
+                                 shared=settings or shared.get(preset or ""))
         return _results.Config(key)
 
     grassmann = [config("grassmann", p) for p in ("paper", "preln_all_offsets", "preln_per_layer")]
-    for t_preset in (None, "paper"):
-        transformer = config("transformer", t_preset, "preln")
-        gaps = _results.pair_configs(grassmann + [transformer])
-        assert sorted(g.grassmann.key.preset for g in gaps) == sorted(c.key.preset for c in grassmann)
-        assert all(g.transformer is transformer for g in gaps)
-    # A Transformer of the same preset, when there is one, is preferred.
-    own = config("transformer", "preln_all_offsets", "preln")
-    gaps = _results.pair_configs(grassmann + [config("transformer", None, "preln"), own])
-    assert next(g for g in gaps if g.grassmann.key.preset == "preln_all_offsets").transformer is own
-    assert len(gaps) == 3
+    t_paper = config("transformer", "paper", "preln")
+    gaps = _results.pair_configs(grassmann + [t_paper])
+    # preln_all_offsets trains its Transformer with FFN dropout: T-paper is not its baseline
+    assert sorted(g.grassmann.key.preset for g in gaps) == ["paper", "preln_per_layer"]
+    assert all(g.transformer is t_paper for g in gaps)
+    t_all = config("transformer", "preln_all_offsets", "preln")
+    gaps = _results.pair_configs(grassmann + [t_paper, t_all])
+    assert {g.grassmann.key.preset: g.transformer for g in gaps} == {
+        "paper": t_paper, "preln_per_layer": t_paper, "preln_all_offsets": t_all}
+    # Runs without config.json (no shared settings known) fall back to a Transformer keyed
+    # without a preset.
+    anonymous = config("transformer", None, "preln", settings=())
+    bare = [_results.Config(replace(g.key, shared=None)) for g in grassmann]
+    gaps = _results.pair_configs(bare + [anonymous])
+    assert len(gaps) == 3 and all(g.transformer is anonymous for g in gaps)
 
 
 def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
