@@ -3,8 +3,6 @@ statistics, on the synthetic fixture sweep in tests/fixtures/results/ (not real 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import importlib.util
 import json
 import math
@@ -13,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
