@@ -163,6 +163,7 @@ class Run:
             corpus=d.get("corpus", "unknown"),
             snli_mode=d.get("snli_mode") if d["task"] == "snli" else None,
             block=self.block, extra_proj=self.extra_proj, lr=self.lr, shared=self.shared,
+            head=d.get("transformer_head"),
         )
 
 
@@ -277,6 +278,7 @@ class ConfigKey:
     extra_proj: str | None = None
     lr: float | None = None
     shared: tuple | None = None
+    head: str | None = None  # DistilBERT Transformer head: joint, or siamese (sentences apart)
 
     @property
     def comparable(self) -> bool:
@@ -302,8 +304,11 @@ class ConfigKey:
 
     @property
     def label(self) -> str:
-        """Short name of the variant: T-preLN / T-postLN, G / G-no-extra (paper preset)."""
+        """Short name of the variant: T-preLN / T-postLN / T-siamese (the DistilBERT head that
+        encodes the sentences apart), G / G-no-extra (paper preset)."""
         if self.model == "transformer":
+            if self.head == "siamese":
+                return "T-siamese"
             return {"preln": "T-preLN", "postln": "T-postLN"}.get(self.block or "", "T")
         if self.extra_proj == "none" and self.preset == "paper":
             return "G-no-extra"

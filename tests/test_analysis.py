@@ -247,6 +247,20 @@ def test_one_transformer_pairs_with_every_preset_that_trains_it() -> None:
     assert len(gaps) == 3 and all(g.transformer is anonymous for g in gaps)
 
 
+def test_distilbert_heads_pair_with_the_joint_and_the_siamese_transformer() -> None:
+    """The siamese Transformer head (the Grassmann head's classifier on sentences encoded
+    apart) is a second, labelled partner, never a seed of the joint head."""
+    def config(model: str, head: str | None) -> _results.Config:
+        return _results.Config(_results.ConfigKey(
+            source="ours", task="snli", model=model, seq_len=48, n_layers=2, preset=None, tag="",
+            corpus="full", snli_mode="distilbert", head=head))
+
+    grassmann, joint, siamese = config("grassmann", None), config("transformer", "joint"), config("transformer", "siamese")
+    assert joint.key != siamese.key
+    gaps = _results.pair_configs([grassmann, joint, siamese])
+    assert sorted((g.transformer.key.label, g.grassmann.key.label) for g in gaps) == [("T", "G"), ("T-siamese", "G")]
+
+
 def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
     """At lr 1e-3 the fixture's Grassmann validates better and tests worse than at 6e-4."""
     markdown, summary = _analyze(sweep)

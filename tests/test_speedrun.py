@@ -67,6 +67,17 @@ def test_lrs_go_into_names_commands_and_expectations() -> None:
         assert r.expect["lr"] == lr and lr in (3e-4, 1e-3)
 
 
+def test_distilbert_grid_adds_the_siamese_transformer_head() -> None:
+    runs = plan({"SNLI_MODE": "distilbert", "SEEDS": "0"}, datasets=["snli"])
+    heads = {r.name: r.expect.get("transformer_head") for r in runs}
+    assert heads == {"transformer_snli_distilbert_lr3e-4_s0": "joint",
+                     "transformer_snli_distilbert_siamese_lr3e-4_s0": "siamese",
+                     "grassmann_snli_distilbert_lr3e-4_s0": None}  # the Grassmann head has one layout
+    siamese = next(r for r in runs if r.expect.get("transformer_head") == "siamese")
+    assert siamese.args[siamese.args.index("--transformer-head") + 1] == "siamese"
+    assert all("--transformer-head" not in r.args for r in runs if r is not siamese)
+
+
 def test_transformer_is_keyed_once_across_presets() -> None:
     runs = plan({"PRESET": "paper,preln_all_offsets,preln_per_layer", "SEEDS": "0", "CONTROLS": "0",
                  "LAYER_DEPTHS_OVERRIDE": "12", "SEQ_LENS": "256"})
@@ -195,15 +206,18 @@ def test_budget_cut_leaves_last_pt_and_marker_then_resumes(tmp_path: Path, cache
     assert outcome.status == "cut" and (run_dir / "last.pt").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and "SIGTERM" in results["stop_reason"]
-    steps = results_steps = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    def last_step() -> dict:  # the stop may come after an epoch's evaluation record
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["kind"] == "step"][-1]
+
+    steps = results_steps = last_step()["step"]
     # RESUME=1 continues the same directory from last.pt (here for three more steps)
     extra = f"{TINY['EXTRA_ARGS']} --stop-after-steps {steps + 3}"
     queue, again = _queue(tmp_path, {**env, "RESUME": "1", "EXTRA_ARGS": extra})
     (outcome,) = queue.run([r for r in again if r.model == "grassmann"])
     assert outcome.status == "completed" and Path(outcome.out_dir) == run_dir
     assert f"resumed from {run_dir / 'last.pt'}" in (run_dir / "train.log").read_text()
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["kind"] == "step" and last["step"] == results_steps + 3
+    assert last_step()["step"] == results_steps + 3
 
 
 # --------------------------------------------------------------------------- a new user's first run
@@ -277,7 +291,8 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     assert names == {"transformer_wikitext_L16_N1_paper_lr6e-4_s0", "grassmann_wikitext_L16_N1_paper_lr6e-4_s0",
                      "transformer_wikitext_L16_N1_paper_lr6e-4_s0_postln",
                      "grassmann_wikitext_L16_N1_paper_lr6e-4_s0_noextra",
-                     "transformer_snli_distilbert_lr3e-4_s0", "grassmann_snli_distilbert_lr3e-4_s0"}
+                     "transformer_snli_distilbert_lr3e-4_s0", "transformer_snli_distilbert_siamese_lr3e-4_s0",
+                     "grassmann_snli_distilbert_lr3e-4_s0"}
     for name in names:
         results = json.loads((stamp / name / "results.json").read_text())
         assert results["status"] == "completed" and results["lr"] in (6e-4, 3e-4)

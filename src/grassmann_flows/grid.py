@@ -275,7 +275,9 @@ class Planner:
         return Run(run_name(model, "wikitext", L, N, seed, tag, preset=preset, lr=lr), stage, "wikitext", model,
                    args, expect, ("wikitext", model, L, N))
 
-    def snli(self, model: str, seed: int, lr: float, preset: str, stage: str, mode: str) -> Run:
+    def snli(self, model: str, seed: int, lr: float, preset: str, stage: str, mode: str,
+             head: str | None = None) -> Run:
+        """One SNLI run; `head` picks the DistilBERT Transformer head's layout (joint | siamese)."""
         tag = self._tag("")
         tail = [*(["--tag", tag] if tag else []), *self.common]
         expect: dict[str, Any] = {"model": model, "lr": lr, "seed": seed, "tag": tag, "snli_mode": mode}
@@ -284,10 +286,13 @@ class Planner:
             extra = [a for i, a in enumerate(self.knobs.extra)
                      if a != "--opt" and (i == 0 or self.knobs.extra[i - 1] != "--opt")]
             backbone = ["--backbone", self.knobs.distilbert_dir] if self.knobs.distilbert_dir else []
+            head_args = ["--transformer-head", head] if head else []
+            if model == "transformer":
+                expect["transformer_head"] = head or "joint"
             args = ["--mode", "distilbert", "--model", model, "--seed", str(seed), "--lr", repr(lr), *backbone,
-                    *tail, *extra]
-            return Run(run_name(model, "snli", None, None, seed, tag, preset=None, lr=lr), stage, "snli", model,
-                       args, expect, ("snli", "distilbert", model), snli_mode=mode)
+                    *head_args, *tail, *extra]
+            return Run(run_name(model, "snli", None, None, seed, tag, preset=None, lr=lr, head=head), stage, "snli",
+                       model, args, expect, ("snli", "distilbert", model, head or ""), snli_mode=mode)
         N = self.knobs.snli_layers
         if model == "transformer":
             try:
@@ -324,11 +329,16 @@ class Planner:
                             self.add(self.lm(model, L, N, seed, lr, "paper", "controls", tag, (opt,)))
 
     def snli_grid(self, models: list[str], mode: str, stage: str) -> None:
+        """Every seed x lr x model (x preset, from scratch). With the DistilBERT heads the
+        Transformer also runs as a siamese head, the Grassmann head's classifier on sentences
+        encoded apart: the control that isolates the mixer from the classifier."""
+        heads = {"transformer": [None, "siamese"]} if mode == "distilbert" else {}
         for lr in self._lrs("snli"):
             for preset in self.knobs.presets:
                 for seed in self.knobs.seeds:
                     for model in models:
-                        self.add(self.snli(model, seed, lr, preset, stage, mode))
+                        for head in heads.get(model, [None]):
+                            self.add(self.snli(model, seed, lr, preset, stage, mode, head))
 
     def speedrun(self, models: list[str], datasets: list[str]) -> list[Run]:
         """The grid of `./speedrun.sh MODEL DATASET`: main runs first, then the controls."""
@@ -341,8 +351,8 @@ class Planner:
         return self.runs
 
     def window(self, stages: Iterable[str]) -> list[Run]:
-        """The GPU window's priority order (issue: paper settings, controls, the other (L, N),
-        the reproduction presets, the ablations, SNLI from scratch)."""
+        """The GPU window's priority order: the paper's two settings, their controls, the other
+        (L, N), the reproduction presets, the ablations, SNLI from scratch."""
         both = ["transformer", "grassmann"]
         for stage in stages:
             if stage == "main":

@@ -58,13 +58,17 @@ def lr_label(lr: float) -> str:
 
 
 def run_name(model: str, task: str, seq_len: int | None, n_layers: int | None, seed: int, tag: str = "", *,
-             preset: str | None, lr: float) -> str:
+             preset: str | None, lr: float, head: str | None = None) -> str:
     """The run directory's name: everything that tells two runs of a grid apart.
 
     <model>_<task>_L<len>_N<layers>_<preset>_lr<lr>_s<seed>[_<tag>]; a DistilBERT head
-    (seq_len None) has no depth or preset of its own: <model>_snli_distilbert_lr<lr>_s<seed>[_<tag>].
+    (seq_len None) has no depth or preset of its own: <model>_snli_distilbert[_siamese]_lr<lr>_s<seed>[_<tag>],
+    where `head` "siamese" is the Transformer head that encodes the sentences apart.
     """
-    shape = "distilbert" if seq_len is None else f"L{seq_len}_N{n_layers}"
+    if seq_len is None:
+        shape = "distilbert" + ("_siamese" if head == "siamese" else "")
+    else:
+        shape = f"L{seq_len}_N{n_layers}"
     parts = [model, task, shape, *([preset] if preset else []), f"lr{lr_label(lr)}", f"s{seed}", *([tag] if tag else [])]
     return "_".join(parts)
 

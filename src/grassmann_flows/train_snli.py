@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.transformer_head:
             raise ValueError("--transformer-head picks the Transformer head's layout; the Grassmann head "
                              "is always siamese")
-        name = run_name(args.model, "snli", None, None, train_cfg.seed, args.tag, preset=None, lr=train_cfg.lr)
-        if combine == "siamese":  # a different model: never share a run directory with the joint head
-            name += "_siamese"
+        name = run_name(args.model, "snli", None, None, train_cfg.seed, args.tag, preset=None, lr=train_cfg.lr,
+                        head=combine)
         head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
                 "encoding": args.encoding, "combine": combine}
         data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
