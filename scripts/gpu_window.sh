@@ -11,22 +11,32 @@
 #   grid       the reduced-corpus grid, packed (grid.py --window: paper settings, controls,
 #              other (L, N), reproduction presets, ablations, SNLI from scratch), with a plan
 #              estimated from one measured step per model shape         -> outputs/<ts>/<run>/
+#   decode     scripts/benchmark.py --only decode: per-token latency and state size, KV cache
+#              against the Grassmann window (CPU: its --quick smoke) -> results/bench/<ts>/decode/
 #   analysis   analyze_best_results.py and visualize_results.py        -> outputs/<ts>/{analysis.md,images/}
 #   summary    outputs/<ts>/SUMMARY.md: per step and per run wall-clock, step time, tokens/s,
 #              and which runs were cut
+#   record     scripts/make_record.py: results/records/<date>_<setting>/ and README's records table
 # When the budget runs out, or on SIGTERM/SIGINT, the running step gets SIGTERM: training runs
 # save last.pt and mark results.json "interrupted"; RESUME=1 in a later window continues them.
 # The final steps still run. Everything written belongs in git except *.pt (ignored).
 #
 # Knobs: BUDGET_S [420], DATA_DIR [data], QUICK=1 (CPU smoke: QUICK grid, 2 runs at once),
 # PATIENCE [3], SEEDS [0,1,2], WINDOW_STAGES [main,controls,pairs,presets,ablations,snli],
-# RESUME=1, GPU_TESTS_S [120], BENCH_S [90], SKIP_STEPS (comma-separated step names), and
-# those of speedrun.sh.
+# RESUME=1, GPU_TESTS_S [120], BENCH_S [90], DECODE_S [60], SKIP_STEPS (comma-separated step
+# names), RECORDS_DIR [results/records] and RECORDS_README [README.md] (where the record and
+# its table go), and those of speedrun.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 START=$(date +%s)
+# the command as run, with the knobs that shape it, for the record
+COMMAND=""
+for knob in DATA_DIR BUDGET_S QUICK SEEDS PATIENCE WINDOW_STAGES RESUME RUNS_PER_GPU EXTRA_ARGS SKIP_STEPS; do
+  if [ -n "${!knob+set}" ]; then COMMAND+="$knob=$(printf '%q' "${!knob}") "; fi
+done
+COMMAND+="scripts/gpu_window.sh"
 BUDGET_S="${BUDGET_S:-420}"
 STAMP="$(date +%Y-%m-%d_%H-%M-%S)"
 OUT="${OUT_ROOT:-outputs}/$STAMP"
@@ -46,11 +56,13 @@ STEPS=(
   "gpu_tests  ${GPU_TESTS_S:-120} step_gpu_tests"
   "benchmark  ${BENCH_S:-90}      step_benchmark"
   "grid       0                  step_grid"
+  "decode     ${DECODE_S:-60}     step_decode"
   "analysis   60                 step_analysis"
   "summary    30                 step_summary"
+  "record     30                 step_record"
 )
-FINAL_STEPS=" analysis summary "
-RESERVE_S=45
+FINAL_STEPS=" analysis summary record "
+RESERVE_S=60
 GRACE_S=30  # a stopped training run finishes its step and writes last.pt within this
 
 left() { echo $(( START + BUDGET_S - $(date +%s) )); }
@@ -98,6 +110,14 @@ step_benchmark() {  # three calls, each writing its own JSON, so a cut keeps wha
     && "$PYTHON" scripts/benchmark.py --window --only model --compile-mode default --out "$BENCH_OUT/compiled"
 }
 
+step_decode() {  # generation needs no trained weights: random ones at the paper's sizes
+  if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    "$PYTHON" scripts/benchmark.py --quick --device cpu --only decode --out "$BENCH_OUT/decode"
+    return
+  fi
+  "$PYTHON" scripts/benchmark.py --only decode --out "$BENCH_OUT/decode"
+}
+
 step_grid() {  # $1: its time box; the queue stops itself GRACE_S before, the box is the backstop
   "$PYTHON" -m grassmann_flows.grid run --window --estimate --budget-s $(( $1 > 2 * GRACE_S ? $1 - GRACE_S : $1 / 2 )) \
     --out-dir "$OUT" --python "$PYTHON"
@@ -118,6 +138,14 @@ step_analysis() {  # with RESUME=1 the continued runs live in earlier windows' d
 step_summary() {
   if [ -f "$OUT/queue.json" ]; then "$PYTHON" -m grassmann_flows.grid summary "$OUT" && cat "$OUT/SUMMARY.md"
   else echo "the grid wrote no queue.json: nothing to summarise"; return 1; fi
+}
+
+step_record() {  # the window's evidence, kept with the code (see README "Results")
+  local bench=() b
+  b="$(ls -1 "$BENCH_OUT"/eager/*.json 2>/dev/null | head -n 1)"
+  if [ -n "$b" ]; then bench=(--bench "$b"); fi
+  "$PYTHON" scripts/make_record.py "$OUT" --command "$COMMAND" "${bench[@]}" \
+    --records-dir "${RECORDS_DIR:-results/records}" --readme "${RECORDS_README:-README.md}"
 }
 
 STOPPED=""
@@ -141,7 +169,7 @@ run_step() {  # run_step <name> <longest s> <function>: time-boxed, recorded in 
   if [ "$box" -gt 0 ]; then
     echo "=== [$name] up to ${box} s ($(left) s of the budget left)"
     # timeout sends TERM to the step at its box and KILLs it GRACE_S later
-    timeout -s TERM -k "$GRACE_S" "$box" bash -c "$(declare -f "$fn"); $(declare -p OUT BENCH_OUT PYTHON GRACE_S); $fn $box" &
+    timeout -s TERM -k "$GRACE_S" "$box" bash -c "$(declare -f "$fn"); $(declare -p OUT BENCH_OUT PYTHON GRACE_S COMMAND); $fn $box" &
     CHILD=$!
     wait "$CHILD"; rc=$?
     if [ -n "$STOPPED" ] && kill -0 "$CHILD" 2>/dev/null; then wait "$CHILD"; rc=$?; fi
@@ -158,5 +186,5 @@ for entry in "${STEPS[@]}"; do
   run_step "$name" "$longest" "$fn"
 done
 echo "gpu_window: done in $(( $(date +%s) - START )) s of ${BUDGET_S}; outputs in $OUT and $BENCH_OUT"
-echo "commit them with: git add $OUT $BENCH_OUT   (checkpoints *.pt are git-ignored)"
+echo "commit them with: git add $OUT $BENCH_OUT ${RECORDS_DIR:-results/records} ${RECORDS_README:-README.md}   (checkpoints *.pt are git-ignored)"
 if [ -n "$STOPPED" ]; then exit 143; fi
