@@ -24,8 +24,8 @@
 # Knobs: BUDGET_S [420], DATA_DIR [data], QUICK=1 (CPU smoke: QUICK grid, 2 runs at once),
 # PATIENCE [3], SEEDS [0,1,2], WINDOW_STAGES [main,controls,pairs,presets,ablations,snli],
 # RESUME=1, GPU_TESTS_S [120], BENCH_S [90], DECODE_S [60], SKIP_STEPS (comma-separated step
-# names), RECORDS_DIR [results/records] and RECORDS_README [README.md] (where the record and
-# its table go), and those of speedrun.sh.
+# names), RECORDS_DIR [results/records; QUICK=1: outputs/<ts>/records] and RECORDS_README
+# [README.md] (where the record and its table go), and those of speedrun.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -47,6 +47,12 @@ export SNLI_MODE=scratch   # the window trains SNLI from scratch; it has no Dist
 export PATIENCE="${PATIENCE:-3}"  # on the reduced corpus the best epoch comes early
 if [ "${QUICK:-0}" = 1 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
   export RUNS_PER_GPU="${RUNS_PER_GPU:-2}"
+fi
+if [ "${QUICK:-0}" = 1 ] && [ -z "${RECORDS_DIR:-}" ]; then
+  # a smoke run's record stays beside its outputs, out of results/records and README
+  export RECORDS_DIR="$OUT/records" RECORDS_README="$OUT/records/README.md"
+  mkdir -p "$RECORDS_DIR"
+  printf '<!-- records:begin -->\n<!-- records:end -->\n' > "$RECORDS_README"
 fi
 
 # name, longest time (s; 0 = whatever is left after the reserve), function. More steps can be

@@ -241,6 +241,8 @@ def plot_task_results(summary: TaskSummary, out_dir: Path) -> list[Path]:
     task = summary.task
     panels = [(name, s) for name in ("paper_comparison", "reduced_corpus")
               for s in _ordered_settings([c for c in summary.sections[name] if c.key.source == OURS])]
+    if not panels:  # no run finished: nothing to draw
+        return []
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.3 * len(panels) + 0.6), squeeze=False)
     for row, (name, setting) in enumerate(panels):
         configs = [c for c in summary.sections[name] if c.key.setting() == setting]
@@ -290,6 +292,8 @@ def plot_curves(summary: TaskSummary, out_dir: Path) -> list[Path]:
     ours = [c for c in summary.sections["paper_comparison"] + summary.sections["reduced_corpus"]
             if c.key.source == OURS and c.included_runs]
     settings = _ordered_settings(ours)
+    if not settings:  # no run finished: nothing to draw
+        return []
     val_key, val_scale, val_title = (("val_loss", 1.0, "validation loss") if task == "wikitext"
                                      else ("val_acc", 100.0, "validation accuracy (%)"))
     fig, axes = plt.subplots(len(settings), 3, figsize=(17, 4.2 * len(settings)), squeeze=False)

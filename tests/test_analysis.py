@@ -423,6 +423,19 @@ def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{e}" for s in stems for e in ("png", "svg"))
 
 
+def test_visualizer_draws_no_curves_when_no_run_finished(sweep: Path, tmp_path: Path) -> None:
+    """A sweep whose runs were all cut (a budget ran out) still gets its figures, minus curves."""
+    cut = tmp_path / "2026-01-01_00-00-00"
+    run = next(p for p in sweep.rglob("results.json") if "wikitext" in p.parent.name).parent
+    shutil.copytree(run, cut / run.name)
+    results = json.loads((cut / run.name / "results.json").read_text())
+    (cut / run.name / "results.json").write_text(json.dumps({**results, "status": "interrupted"}))
+    out = tmp_path / "images"
+    proc = _run_script("visualize_results.py", str(cut), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "published_numbers.png").is_file() and not list(out.glob("*_curves.*"))
+
+
 def test_committed_parameter_breakdown_is_current() -> None:
     """results/params/breakdown.json is what scripts/param_breakdown.py writes, and sums exactly."""
     sys.path.insert(0, str(REPO / "src"))
