@@ -305,14 +305,18 @@ class ConfigKey:
     @property
     def label(self) -> str:
         """Short name of the variant: T-preLN / T-postLN / T-siamese (the DistilBERT head that
-        encodes the sentences apart), G / G-no-extra (paper preset)."""
+        encodes the sentences apart), G-paper / G-paper[out] (extra projection on the blend) /
+        G-no-extra (paper preset), G (other presets)."""
         if self.model == "transformer":
             if self.head == "siamese":
                 return "T-siamese"
             return {"preln": "T-preLN", "postln": "T-postLN"}.get(self.block or "", "T")
         if self.extra_proj == "none" and self.preset == "paper":
             return "G-no-extra"
-        return "G-paper" if self.preset == "paper" else "G"
+        if self.preset != "paper":
+            return "G"
+        # runs of the paper preset from before its extra projection moved onto g say so
+        return "G-paper" if self.extra_proj in (None, "g") else f"G-paper[{self.extra_proj}]"
 
 
 @dataclass

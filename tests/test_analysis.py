@@ -180,7 +180,7 @@ def test_gap_ratio_and_interval(sweep: Path) -> None:
     markdown, summary = _analyze(sweep)
     gaps = _gaps(summary)
     groups = _chosen(_independent_groups(sweep))
-    log_g = np.log([r["best_val_ppl"] for r in groups[("wikitext", "grassmann", "", 1e-3, "paper_postln", "out", None)]])
+    log_g = np.log([r["best_val_ppl"] for r in groups[("wikitext", "grassmann", "", 1e-3, "paper_postln", "g", None)]])
     log_t = np.log([r["best_val_ppl"] for r in groups[("wikitext", "transformer", "", 6e-4, "preln", None, None)]])
     ratio, df, ci = _welch_ratio(log_g, log_t)
     measure = gaps[("G-paper vs T-preLN", "")]["best_val"]
@@ -225,7 +225,7 @@ def test_one_transformer_pairs_with_every_preset_that_trains_it() -> None:
                settings: tuple | None = None) -> _results.Config:
         key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
                                  preset=preset, tag="", corpus="full", snli_mode=None, block=block,
-                                 extra_proj="out" if preset == "paper" else ("none" if model == "grassmann" else None),
+                                 extra_proj="g" if preset == "paper" else ("none" if model == "grassmann" else None),
                                  shared=settings or shared.get(preset or ""))
         return _results.Config(key)
 
@@ -265,11 +265,11 @@ def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
     """At lr 1e-3 the fixture's Grassmann validates better and tests worse than at 6e-4."""
     markdown, summary = _analyze(sweep)
     groups = _independent_groups(sweep)
-    runs = {lr: groups[("wikitext", "grassmann", "", lr, "paper_postln", "out", None)] for lr in (6e-4, 1e-3)}
+    runs = {lr: groups[("wikitext", "grassmann", "", lr, "paper_postln", "g", None)] for lr in (6e-4, 1e-3)}
     val = {lr: np.mean([r["best_val_ppl"] for r in rs]) for lr, rs in runs.items()}
     test = {lr: np.mean([r["test"]["ppl"] for r in rs]) for lr, rs in runs.items()}
     assert val[1e-3] < val[6e-4] and test[1e-3] > test[6e-4]  # the fixture really disagrees
-    config = _ours(summary, "wikitext")[("wikitext", "grassmann", "", 1e-3, "paper_postln", "out", None)]
+    config = _ours(summary, "wikitext")[("wikitext", "grassmann", "", 1e-3, "paper_postln", "g", None)]
     assert config["lr"] == 1e-3
     assert config["test"]["mean"] == pytest.approx(test[1e-3], rel=1e-12)
     assert sorted(config["seeds"]) == sorted(r["seed"] for r in runs[1e-3])

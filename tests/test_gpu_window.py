@@ -39,6 +39,7 @@ def test_window_runs_its_steps_and_summarises(tmp_path: Path) -> None:
         assert (out / name / "eval_test.json").is_file() and (out / name / "train.log").is_file()
     summary = (out / "SUMMARY.md").read_text()
     assert all(name in summary for name in names) and "Cut or not started (0)" in summary
+    assert "- corpus: custom" in summary
     assert (out / "env.json").is_file() and (out / "analysis.md").is_file()
     assert not list(out.glob("*.pt"))
     # the record keeps the command and every run, and the README table links it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert res["best_val_ppl"] == pytest.approx(best["val_ppl"])
     assert res["test"]["ppl"] > 1 and res["tokens_per_s"] > 0 and res["first_step_s"] > 0
     assert res["epochs_run"] == 2 and res["stopped_early"] is False
+    assert datetime.fromisoformat(res["finished_at"]).tzinfo is not None  # UTC, for "newest copy"
     assert {"git_sha", "torch", "python"} <= set(res["env"])
     # the uncommitted edits behind the SHA, exactly when there are some
     assert (run / "git.diff").is_file() == bool(res["env"]["git_dirty"])

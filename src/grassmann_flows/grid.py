@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -859,16 +860,15 @@ def run_rows(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = run_dir / "results.json" if run_dir else None
         if results and results.is_file():
             r = json.loads(results.read_text())
-            steps = 0
+            # the logged windows' ms/step (each process's first step, compilation included,
+            # is left out of them, as of train_time_s)
+            windows = []
             metrics = run_dir / "metrics.jsonl"
             if metrics.is_file():
-                for line in metrics.read_text().splitlines():
-                    rec = json.loads(line)
-                    if rec.get("kind") == "step":
-                        steps = max(steps, rec["step"])
-            train_time = r.get("train_time_s")
-            row.update(run_status=r.get("status"), epochs_run=len(r.get("epochs") or []),
-                       step_ms=1e3 * train_time / steps if train_time and steps else None,
+                records = (json.loads(line) for line in metrics.read_text().splitlines())
+                windows = [rec["step_ms"] for rec in records if rec.get("kind") == "step" and rec.get("step_ms")]
+            row.update(run_status=r.get("status"), corpus=r.get("corpus"), epochs_run=len(r.get("epochs") or []),
+                       step_ms=statistics.median(windows) if windows else None,
                        tokens_per_s=r.get("tokens_per_s"),
                        best_val=r.get("best_val_ppl", r.get("best_val_acc")),
                        test=(r.get("test") or {}).get("ppl", (r.get("test") or {}).get("acc")))
@@ -881,8 +881,10 @@ def write_summary(out_dir: Path) -> Path:
     queue = json.loads((out_dir / "queue.json").read_text())
     rows = run_rows(queue["runs"])
     lines = [f"# Summary of {out_dir.name}", ""]
-    if queue.get("corpus_note"):
-        lines += [queue["corpus_note"], ""]
+    corpora = sorted({r["corpus"] for r in rows if r.get("corpus")})
+    if corpora:
+        lines.append(f"- corpus: {', '.join(corpora)}" + (
+            " (reduced-corpus results are not comparable with the paper's tables)" if "reduced" in corpora else ""))
     lines += [f"- {queue['slots']}", f"- wall-clock of the queue: {queue['wall_s']:.0f} s"
               + (f"; stopped: {queue['stop_reason']}" if queue.get("stop_reason") else "")]
     steps = out_dir / "steps.tsv"

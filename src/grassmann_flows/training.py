@@ -10,6 +10,7 @@ equal slice of each global batch; rank 0 alone evaluates and writes the run dire
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import signal
@@ -587,5 +588,7 @@ def _results(state: TrainState, run_info: dict[str, Any], test: dict[str, Any] |
         "peak_mem_mb": peak_memory_mb(device),
         "device": str(device),
         "world_size": distributed.world_size(),
+        # the newest finished copy of a (configuration, seed) is the one the analysis keeps
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "env": env,
     }
