@@ -48,6 +48,16 @@ def git_diff() -> str | None:
     return _git("diff", "HEAD")
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.split("\n")[0].strip() or None
+
+
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     """What produced a result: commit (dirty = tracked edits), versions, device, time, command.
 
@@ -68,6 +78,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "transformers": _version("transformers"),
         "device": device_name(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "driver": nvidia_driver() if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
         "hostname": platform.node(),
         "date": now.date().isoformat(),
