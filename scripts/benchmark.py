@@ -84,8 +84,8 @@ GRID_SETTINGS = PAPER_SETTINGS + ((128, 12, 32), (256, 6, 16))
 # The WikiText-2 grid the projection prices: both models at every (L, N), 30 epochs.
 GRID_RUNS = tuple((L, N, B) for L, B in ((128, 32), (256, 16)) for N in (6, 12))
 EPOCHS = 30
-# WikiText-2 train split in bert-base-uncased tokens, estimated (the split is not on our build
-# machines): its 2,088,628 words x the 1.116 BERT tokens per word of the validation split.
+# WikiText-2 train split in bert-base-uncased tokens, estimated (no committed run has counted
+# it yet): its 2,088,628 words x the 1.116 BERT tokens per word of the validation split.
 TRAIN_TOKENS_PER_EPOCH = 2.33e6
 
 # (c): the model of the L=256, N=12 setting, its contexts, and a long-context model.
