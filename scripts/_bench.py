@@ -17,8 +17,7 @@ from _results import REPO_ROOT, ResultsError, display_path
 BENCH_DIR = REPO_ROOT / "results" / "bench"
 
 
-def load_bench(path: Path) -> dict[str, Any]:
-    """A benchmark JSON as written by `scripts/benchmark.py`."""
+def _read(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -28,14 +27,33 @@ def load_bench(path: Path) -> dict[str, Any]:
     return doc
 
 
+def load_bench(path: Path) -> dict[str, Any]:
+    """A benchmark JSON as written by `scripts/benchmark.py`, or a directory of them.
+
+    A directory is one benchmark split over several calls (scripts/gpu_window.sh times the
+    mixer, the eager and the compiled models apart, so that a cut keeps what came before):
+    its JSON files, at any depth, are read as one, with the first file's environment.
+    """
+    if not path.is_dir():
+        return _read(path)
+    files = sorted(path.rglob("*.json"))
+    if not files:
+        raise ResultsError(f"{path}: no benchmark JSON in this directory")
+    docs = [_read(p) for p in files]
+    return {**docs[0], "sources": [display_path(p) for p in files],
+            **{part: [row for doc in docs for row in doc.get(part) or []] for part in ("mixer", "model", "decode")}}
+
+
 def gpu_bench_files(bench_dir: Path = BENCH_DIR) -> list[Path]:
-    """The benchmark JSON files under `bench_dir` that were measured on a GPU, by name.
+    """The benchmarks under `bench_dir` that were measured on a GPU, by name: its JSON files
+    and its directories (one split benchmark each, see `load_bench`).
 
     A decode-only run (`--only decode`) has no mixer or model rows and is left out.
     """
     if not bench_dir.is_dir():
         return []
-    docs = {p: load_bench(p) for p in sorted(bench_dir.glob("*.json"))}
+    docs = {p: load_bench(p) for p in sorted(bench_dir.iterdir())
+            if p.suffix == ".json" or (p.is_dir() and any(p.rglob("*.json")))}
     return [p for p, doc in docs.items() if (doc.get("env") or {}).get("gpu") and (doc["mixer"] or doc["model"])]
 
 

@@ -643,8 +643,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Grassmann implementations to run in (a) and (b) (default: all)")
     p.add_argument("--lengths", nargs="+", type=int, help=f"(a) at these L (default {' '.join(map(str, MIXER_LENGTHS))})")
     p.add_argument("--window", action="store_true",
-                   help="the short-GPU-window cut: (a) at L=4096 and 16384, fast and fused only, "
-                        "3 warm-up and 10 timed steps, --max-step-s 5 (explicit flags win)")
+                   help="the short-GPU-window cut: (a) and (b) only (the window times (c) as a step of "
+                        "its own), (a) at L=4096 and 16384, fast and fused only, 3 warm-up and 10 timed "
+                        "steps, --max-step-s 5 (explicit flags win)")
     args = p.parse_args(argv)
     if args.window:
         given = set(argv if argv is not None else sys.argv[1:])
@@ -655,6 +656,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps = 10 if args.steps is None else args.steps
         if "--max-step-s" not in given:
             args.max_step_s = 5.0
+    args.parts = {args.only} if args.only else ({"mixer", "model"} if args.window else {"mixer", "model", "decode"})
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
     args.steps = args.steps if args.steps is not None else (2 if args.quick else 50)
     if args.max_state_mb is None and args.device.startswith("cpu"):
@@ -696,12 +698,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "mixer": [], "model": [], "projection": None, "decode": [],
     }
-    if args.only in (None, "mixer"):
+    if "mixer" in args.parts:
         result["mixer"] = bench_mixer(args, device)
-    if args.only in (None, "model"):
+    if "model" in args.parts:
         result["model"] = bench_models(args, device, modes)
         result["projection"] = project_grid(result["model"])
-    if args.only in (None, "decode"):
+    if "decode" in args.parts:
         notes.append("(c) decode: ms per token = median over the last steps before C; state_mb = the "
                      "KV cache / Grassmann window at C; paper preset, random weights, "
                      f"{'bf16' if device.type == 'cuda' else 'float32'} weights, no autocast")

@@ -41,6 +41,7 @@ BUDGET_S="${BUDGET_S:-420}"
 STAMP="$(date +%Y-%m-%d_%H-%M-%S)"
 OUT="${OUT_ROOT:-outputs}/$STAMP"
 BENCH_OUT="results/bench/$STAMP"
+if [ "${QUICK:-0}" = 1 ]; then BENCH_OUT="$OUT/bench"; fi  # a smoke run's timings stay beside its outputs
 mkdir -p "$OUT"
 export DATA_DIR="${DATA_DIR:-data}"
 export SNLI_MODE=scratch   # the window trains SNLI from scratch; it has no DistilBERT weights
@@ -75,20 +76,10 @@ left() { echo $(( START + BUDGET_S - $(date +%s) )); }
 
 step_env() {
   "$PYTHON" - "$OUT/env.json" <<'EOF'
-import json, subprocess, sys
+import json, sys
 import torch
 from grassmann_flows.utils.env import environment
 env = environment()
-try:
-    import triton
-    env["triton"] = triton.__version__
-except ImportError:
-    env["triton"] = None
-try:
-    env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                   capture_output=True, text=True, timeout=30).stdout.split("\n")[0] or None
-except OSError:
-    env["driver"] = None
 env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
 for k in ("gpus", "driver", "torch", "triton", "cuda", "git_sha", "git_dirty"):
@@ -132,11 +123,11 @@ step_grid() {  # $1: its time box; the queue stops itself GRACE_S before, the bo
 step_analysis() {  # with RESUME=1 the continued runs live in earlier windows' directories
   local runs="$OUT"
   if [ "${RESUME:-0}" = 1 ]; then runs="${OUT_ROOT:-outputs}"; fi
-  local bench=() b rc=0
+  local bench=() rc=0
   "$PYTHON" scripts/analyze_best_results.py "$runs" > "$OUT/analysis.md" || rc=$?
   cat "$OUT/analysis.md"
-  b="$(ls -1 "$BENCH_OUT"/*/*.json 2>/dev/null | head -n 1)"
-  if [ -n "$b" ]; then bench=(--bench "$b"); fi
+  # the benchmark's parts (mixer, eager, compiled) are read as one
+  if ls "$BENCH_OUT"/*/*.json >/dev/null 2>&1; then bench=(--bench "$BENCH_OUT"); fi
   "$PYTHON" scripts/visualize_results.py "$runs" --out "$OUT/images" "${bench[@]}" || rc=$?
   return "$rc"
 }
@@ -147,9 +138,8 @@ step_summary() {
 }
 
 step_record() {  # the window's evidence, kept with the code (see README "Results")
-  local bench=() b
-  b="$(ls -1 "$BENCH_OUT"/eager/*.json 2>/dev/null | head -n 1)"
-  if [ -n "$b" ]; then bench=(--bench "$b"); fi
+  local bench=()
+  if ls "$BENCH_OUT"/*/*.json >/dev/null 2>&1; then bench=(--bench "$BENCH_OUT"); fi
   "$PYTHON" scripts/make_record.py "$OUT" --command "$COMMAND" "${bench[@]}" \
     --records-dir "${RECORDS_DIR:-results/records}" --readme "${RECORDS_README:-README.md}"
 }

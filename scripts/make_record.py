@@ -2,7 +2,7 @@
 """Write a record of a sweep into results/records/<date>_<setting>/ and index it in README.md.
 
     python scripts/make_record.py OUTPUT_DIR [--setting NAME] [--date YYYY-MM-DD]
-                                  [--command "..."] [--bench FILE] [--note "..."]
+                                  [--command "..."] [--bench FILE|DIR] [--note "..."]
     python scripts/make_record.py --index-only      # only regenerate README's records table
 
 A record is the project's own evidence for a set of numbers, kept with the code:
@@ -11,7 +11,7 @@ A record is the project's own evidence for a set of numbers, kept with the code:
   record.json    date, setting, command, label, environment headers, headline gaps
   summary.json   the summary of scripts/analyze_best_results.py for OUTPUT_DIR
   runs/<run>/    results.json, config.json and metrics.jsonl of every run (no checkpoints)
-  bench.json     the benchmark JSON, when --bench is given
+  bench.json     the benchmark JSON, when --bench is given (a directory's files read as one)
 
 The date defaults to the newest run's sweep timestamp (or today, UTC); the setting to
 "<device>-<tasks>-<corpus>". Writing the same record twice gives the same files. The
@@ -34,6 +34,7 @@ from _results import (
     PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, TaskSummary, display_path, json_safe,
     load_published, load_runs, replace_between_markers, run_facts, summarize,
 )
+from _bench import load_bench
 from analyze_best_results import _fmt_gap, report_markdown, summary_json
 
 RECORDS_DIR = REPO_ROOT / "results" / "records"
@@ -109,9 +110,9 @@ def write_record(output_dir: Path, records_dir: Path, *, setting: str | None, da
             if (run.path.parent / name).is_file():
                 shutil.copyfile(run.path.parent / name, target / name)
     if bench is not None:
-        if not bench.is_file():
+        if not bench.exists():
             raise ResultsError(f"benchmark file not found: {bench}")
-        shutil.copyfile(bench, record / "bench.json")
+        (record / "bench.json").write_text(json.dumps(load_bench(bench), indent=2) + "\n")
     summary = json_safe(summary_json(output_dir, PUBLISHED_JSON, runs, summaries))
     (record / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     meta = {"date": date, "setting": setting, "command": command, "note": note,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", help="record name after the date (default: <device>-<tasks>-<corpus>)")
     parser.add_argument("--date", help="YYYY-MM-DD (default: the newest run's sweep timestamp, else today UTC)")
     parser.add_argument("--command", default="", help="the command that produced the runs")
-    parser.add_argument("--bench", type=Path, help="benchmark JSON to keep with the record")
+    parser.add_argument("--bench", type=Path, help="benchmark JSON (or a directory of them) to keep with the record")
     parser.add_argument("--note", default="", help="one paragraph for the record's README")
     parser.add_argument("--records-dir", type=Path, default=RECORDS_DIR)
     parser.add_argument("--readme", type=Path, default=README, help="README whose records table is regenerated")

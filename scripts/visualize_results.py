@@ -373,7 +373,8 @@ def plot_speed_ratios(path: Path, out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", nargs="?", help="runs to draw (default: every run under outputs/)")
-    parser.add_argument("--bench", type=Path, help="benchmark JSON (default: newest GPU file in results/bench/)")
+    parser.add_argument("--bench", type=Path, help="benchmark JSON, or a directory of them read as one "
+                        "(default: the newest GPU benchmark in results/bench/)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "images",
                         help="figure directory (default: images/ in the repository)")
     parser.add_argument("--published", type=Path, default=PUBLISHED_JSON, help="published reference numbers")
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 written += plot_task_results(summary, args.out) + plot_curves(summary, args.out)
         bench = args.bench or next(iter(gpu_bench_files(BENCH_DIR)[-1:]), None)
         if bench is not None:
-            if not bench.is_file():
+            if not bench.exists():
                 raise ResultsError(f"benchmark file not found: {bench}")
             written += plot_speed_ratios(bench, args.out)
         else:

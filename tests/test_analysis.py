@@ -408,6 +408,23 @@ def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
     assert "| grassmann-naive | 256 | 6.000 | 1.000 | 6.00× |" in text and "2.00×" in text
 
 
+def test_a_window_benchmark_split_over_files_is_read_as_one(tmp_path: Path) -> None:
+    """scripts/gpu_window.sh times the mixer and the models in separate calls, one directory."""
+    import _bench
+
+    doc = _bench_doc("synthetic GPU")
+    window = tmp_path / "2026-01-01_00-00-00"
+    for part, rows in (("mixer", {"mixer": doc["mixer"], "model": []}), ("eager", {"mixer": [], "model": doc["model"]})):
+        (window / part).mkdir(parents=True)
+        (window / part / "gpu-2026-01-01.json").write_text(json.dumps({**doc, **rows}))
+    assert _bench.gpu_bench_files(tmp_path) == [window]
+    merged = _bench.load_bench(window)
+    assert merged["mixer"] == doc["mixer"] and merged["model"] == doc["model"]
+    assert _bench.mixer_ratios(merged) == _bench.mixer_ratios(doc) and _bench.model_ratios(merged)
+    text = _bench.bench_markdown(window)
+    assert "| grassmann-naive | 256 | 6.000 | 1.000 | 6.00× |" in text and "| grassmann-fast | 128 | 6 | 32 |" in text
+
+
 def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(_bench_doc("synthetic GPU")))
