@@ -28,7 +28,7 @@
 #   PARALLEL_RUNS         older spelling of RUNS_PER_GPU=1 on that many GPUs
 #   TAG                   suffix of the run names (ablations), e.g. TAG=nonorm
 #   EXTRA_ARGS            passed to every train command, e.g. "--opt normalize=false"
-# The grid is planned, checked and run by src/grassmann_flows/grid.py: every precondition is
+# The grid is planned, checked and run by src/grassmann_flows/grid/: every precondition is
 # checked once before the first run, each run logs to <run>/train.log, its evaluation follows it.
 set -euo pipefail
 cd "$(dirname "$0")"

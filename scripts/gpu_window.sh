@@ -8,7 +8,7 @@
 #   env        environment header (GPU, driver, torch, Triton, CUDA) -> outputs/<ts>/env.json
 #   gpu_tests  pytest -m gpu ("no tests selected" is fine)            -> outputs/<ts>/pytest_gpu.log
 #   benchmark  scripts/benchmark.py --window (CPU: its --quick smoke)  -> results/bench/<ts>/
-#   grid       the reduced-corpus grid, packed (grid.py --window: paper settings, controls,
+#   grid       the reduced-corpus grid, packed (grassmann_flows.grid --window: paper settings, controls,
 #              other (L, N), reproduction presets, ablations, SNLI from scratch), with a plan
 #              estimated from one measured step per model shape         -> outputs/<ts>/<run>/
 #   decode     scripts/benchmark.py --only decode: per-token latency and state size, KV cache

@@ -1,0 +1,203 @@
+"""Preflight and estimates: every precondition of a grid checked once before its first run,
+and each run's time estimated from one measured step per model shape."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.sources import DataUnavailableError, ensure_dataset, resolve_data_dir
+from ..runs import default_cache_dir, parse_option
+from .plan import Knobs, PreflightError, Run
+
+# --------------------------------------------------------------------------- preflight
+
+
+def newest(out_root: Path, name: str, filename: str) -> Path | None:
+    """The newest <out_root>/*/<name>/<filename> (timestamped directories sort by name)."""
+    found = sorted(out_root.glob(f"*/{name}/{filename}"))
+    return found[-1] if found else None
+
+
+def _parse(run: Run) -> argparse.Namespace:
+    """The training module's parse of `run.args`, a bad flag raising PreflightError."""
+    from .. import train, train_snli
+
+    parser = (train if run.task == "wikitext" else train_snli).parser()
+
+    def error(message: str) -> None:
+        raise PreflightError(f"{run.name}: {message} (check EXTRA_ARGS)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(run.args)
+
+
+def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
+    """Check once what every run needs; fill in each run's step counts. Raises PreflightError.
+
+    Arguments (each run's command parses and its model configuration resolves), the data
+    (fetched once from the hub if missing and possible), the tokenizer, the DistilBERT
+    weights, and with RESUME the configuration of each checkpoint to continue.
+    """
+    from ..data.snli import SNLIDataConfig, load_snli_splits
+    from ..data.tokenizers import load_tokenizer
+    from ..data.wikitext import LMDataConfig, load_lm_splits
+    from ..models import resolve_config
+    from ..runs import dataclass_from_args, paper_batch_size
+    from ..train_snli import SNLI_DEFAULTS
+    from ..training import TrainConfig
+
+    parsed = {run.name: _parse(run) for run in runs}  # the arguments first: they cost nothing
+    data_dir = resolve_data_dir(knobs.data_dir)
+    try:
+        for task in dict.fromkeys(r.task for r in runs):
+            ensure_dataset(task, data_dir)
+    except DataUnavailableError as e:
+        raise PreflightError(str(e)) from None
+    if any(r.snli_mode == "distilbert" for r in runs):
+        _check_backbone(knobs.distilbert_dir)
+    cache = default_cache_dir()
+    sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
+    for run in runs:
+        ns = parsed[run.name]
+        train_cfg = dataclass_from_args(TrainConfig, ns)
+        try:
+            if run.task == "wikitext":
+                data_cfg: Any = dataclass_from_args(LMDataConfig, ns)
+                batch = ns.batch_size or paper_batch_size(data_cfg.seq_len)
+                epochs = ns.epochs or TrainConfig.epochs
+                options = {**dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers,
+                           "n_positions": ns.n_positions or data_cfg.seq_len,
+                           "vocab_size": len(load_tokenizer(data_cfg.tokenizer))}
+                if ns.mixer_impl:
+                    options["mixer_impl"] = ns.mixer_impl
+                resolve_config(ns.model, ns.preset, **options)
+                load = lambda: load_lm_splits(data_dir, data_cfg, cache)  # noqa: E731
+            else:
+                batch = ns.batch_size or SNLI_DEFAULTS["batch_size"]
+                epochs = ns.epochs or SNLI_DEFAULTS["epochs"]
+                if ns.mode == "distilbert":
+                    data_cfg = SNLIDataConfig(tokenizer=ns.tokenizer or "bert-base-uncased", encoding="separate",
+                                              sent_len=48, max_len=96)
+                else:
+                    data_cfg = dataclass_from_args(SNLIDataConfig, ns, encoding="pair")
+                    options = {"causal": False, **({"pairing": "both"} if ns.model == "grassmann" else {}),
+                               **dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers,
+                               "n_positions": data_cfg.max_len}
+                    resolve_config(ns.model, ns.preset, **options)
+                load_tokenizer(data_cfg.tokenizer)
+                load = lambda: load_snli_splits(data_dir, data_cfg, cache)  # noqa: E731
+            key = (run.task, json.dumps(asdict(data_cfg), sort_keys=True))
+            if key not in sizes:
+                splits = load()  # tokenised once here, so the runs find the cache
+                sizes[key] = (len(splits["train"]), len(splits["validation"]))
+        except (ValueError, DataUnavailableError) as e:
+            raise PreflightError(f"{run.name}: {e}") from None
+        n_train, n_val = sizes[key]
+        per_epoch = n_train // batch
+        if train_cfg.max_steps_per_epoch:
+            per_epoch = min(per_epoch, train_cfg.max_steps_per_epoch)
+        if per_epoch == 0 and mode != "eval":
+            raise PreflightError(f"{run.name}: the {run.task} training split has fewer than batch_size={batch} items")
+        val = -(-n_val // (train_cfg.eval_batch_size or batch))
+        run.epochs, run.steps = epochs, epochs * per_epoch
+        run.val_batches = min(val, train_cfg.eval_max_batches) if train_cfg.eval_max_batches else val
+    if knobs.resume and mode != "eval":
+        for run in runs:
+            last = newest(knobs.out_root, run.name, "last.pt")
+            config = last.parent / "config.json" if last else None
+            if config and config.is_file():
+                summary = json.loads(config.read_text()).get("summary", {})
+                differ = [f"{k} (checkpoint {summary.get(k)!r}, now {v!r})" for k, v in run.expect.items()
+                          if summary.get(k) != v]
+                if differ:
+                    raise PreflightError(f"RESUME=1: {last} is from another configuration: " + "; ".join(differ))
+
+
+def _check_backbone(distilbert_dir: str | None) -> None:
+    """SNLI_MODE=distilbert needs the DistilBERT weights: DISTILBERT_DIR, the HF cache or the hub."""
+    from ..models.snli_heads import DEFAULT_BACKBONE, BackboneUnavailableError, load_backbone
+
+    try:
+        load_backbone(distilbert_dir or DEFAULT_BACKBONE)
+    except BackboneUnavailableError:
+        where = f"DISTILBERT_DIR={distilbert_dir} holds no usable copy" if distilbert_dir else \
+            f"{DEFAULT_BACKBONE} is neither in the Hugging Face cache nor downloadable here"
+        raise PreflightError(f"the DistilBERT weights that SNLI_MODE=distilbert needs are unavailable ({where}): "
+                             "set DISTILBERT_DIR to a local copy, or SNLI_MODE=scratch for the from-scratch "
+                             "encoders") from None
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def measure_step(run: Run, device: Any) -> float:
+    """Seconds of one training step (forward, backward, AdamW) of `run`'s model, eager,
+    on random inputs: the second of two steps, so allocation is not counted."""
+    import torch
+
+    from ..models import build_classifier, build_model
+    from ..training import autocast
+
+    ns = _parse(run)
+    options = {**dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers}
+    if ns.mixer_impl:
+        options["mixer_impl"] = ns.mixer_impl
+    torch.manual_seed(0)
+    if run.task == "wikitext":
+        from ..runs import paper_batch_size
+
+        L = ns.seq_len or 128
+        B = ns.batch_size or paper_batch_size(L)
+        model = build_model(ns.model, ns.preset, n_positions=L, **options).to(device)
+        ids = torch.randint(0, model.cfg.vocab_size, (B, L + 1), device=device)
+        loss_of = lambda: torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1).float(),  # noqa: E731
+                                                           ids[:, 1:].flatten())
+    else:
+        B, L = ns.batch_size or 32, 128
+        model = build_classifier(ns.model, ns.preset, n_positions=L, **options).to(device)
+        ids = torch.randint(0, model.cfg.vocab_size, (B, L), device=device)
+        mask, labels = torch.ones_like(ids), torch.randint(0, 3, (B,), device=device)
+        loss_of = lambda: torch.nn.functional.cross_entropy(model(ids, mask).float(), labels)  # noqa: E731
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seconds = 0.0
+    for _ in range(2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, "auto"):
+            loss = loss_of()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    del model, opt
+    return seconds
+
+
+def estimate(runs: list[Run], keep_going: Callable[[], bool] = lambda: True) -> dict[str, float | None]:
+    """Run name -> estimated seconds: one measured step x (training steps + validation batches / 3,
+    a forward pass being about a third of a step). Compilation and start-up are not included;
+    DistilBERT heads (feature cache first) are not estimated, nor shapes left when
+    `keep_going()` turns false (the time set aside for estimating is over)."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    step_s: dict[tuple, float] = {}
+    out: dict[str, float | None] = {}
+    for run in runs:
+        if run.snli_mode == "distilbert" or (run.cost_key not in step_s and not keep_going()):
+            out[run.name] = None
+            continue
+        if run.cost_key not in step_s:
+            step_s[run.cost_key] = measure_step(run, device)
+        out[run.name] = step_s[run.cost_key] * (run.steps + run.epochs * run.val_batches / 3)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
