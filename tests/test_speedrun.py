@@ -1,4 +1,4 @@
-"""speedrun.sh and its grid (src/grassmann_flows/grid.py): planning, fail-fast checks, the queue,
+"""speedrun.sh and its grid (src/grassmann_flows/grid/): planning, fail-fast checks, the queue,
 a budget cut and its resume, and a new user's first run (hub data through a stub `datasets`,
 a tiny local DistilBERT)."""
 
