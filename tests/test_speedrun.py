@@ -206,6 +206,7 @@ def test_budget_cut_leaves_last_pt_and_marker_then_resumes(tmp_path: Path, cache
     assert outcome.status == "cut" and (run_dir / "last.pt").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and "SIGTERM" in results["stop_reason"]
+
     def last_step() -> dict:  # the stop may come after an epoch's evaluation record
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         return [r for r in records if r["kind"] == "step"][-1]
