@@ -123,6 +123,20 @@ def _load_rows(ptr, offs_n, mask_n, cols, width: tl.constexpr, dtype: tl.constex
 
 
 @triton.jit
+def _token_rows(pid_n, N, BLOCK_N: tl.constexpr):
+    """Token indices of block pid_n (int64: N * d may pass 2**31) and their mask."""
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    return offs_n, offs_n < N
+
+
+@triton.jit
+def _slice_pairs(BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Row c of an outer-product slice is the pair (i0 + c // BLOCK_R, c % BLOCK_R): (c_i, c_j)."""
+    offs_c = tl.arange(0, BLOCK_I * BLOCK_R)
+    return offs_c // BLOCK_R, offs_c % BLOCK_R
+
+
+@triton.jit
 def _outer_slice(u_blk, w, in_dtype: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr, K: tl.constexpr):
     """(BLOCK_N, K) slice of u w^T from u_blk: (BLOCK_N, BLOCK_I) and w: (BLOCK_N, BLOCK_R).
 
@@ -142,17 +156,12 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """y[n, k] = sum_{i, j} u[n, i] w[n, j] A^T[i*r + j, k] for one (BLOCK_N, BLOCK_D) tile."""
-    pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # N * d may pass 2**31
+    offs_n, mask_n = _token_rows(tl.program_id(0), N, BLOCK_N)
     offs_k = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tl.arange(0, BLOCK_R)
     offs_i = tl.arange(0, BLOCK_I)
-    # Row c of an outer-product slice is the pair (i0 + c // BLOCK_R, c % BLOCK_R).
-    offs_c = tl.arange(0, BLOCK_I * BLOCK_R)
-    c_i = offs_c // BLOCK_R
-    c_j = offs_c % BLOCK_R
-    mask_n = offs_n < N
+    c_i, c_j = _slice_pairs(BLOCK_I, BLOCK_R)
     mask_k = offs_k < d
 
     # w stays in registers for the whole i-loop; r is padded to BLOCK_R with zeros.
@@ -188,14 +197,10 @@ def _bwd_uw_kernel(
     dX[n, i, j] = sum_k dy[n, k] A_k[i, j];  du[n, i] = sum_j dX[n, i, j] w[n, j];
     dw[n, j] = sum_i u[n, i] dX[n, i, j]. Each i-slice of dX lives only in registers.
     """
-    pid_n = tl.program_id(0)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_n, mask_n = _token_rows(tl.program_id(0), N, BLOCK_N)
     offs_j = tl.arange(0, BLOCK_R)
     offs_i = tl.arange(0, BLOCK_I)
-    offs_c = tl.arange(0, BLOCK_I * BLOCK_R)
-    c_i = offs_c // BLOCK_R
-    c_j = offs_c % BLOCK_R
-    mask_n = offs_n < N
+    c_i, c_j = _slice_pairs(BLOCK_I, BLOCK_R)
     mask_j = offs_j < r
 
     w = _load_rows(w_ptr, offs_n, mask_n, offs_j, r, ACC)
@@ -250,9 +255,8 @@ def _bwd_a_kernel(
     offs_k = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tl.arange(0, BLOCK_R)
     rows_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    offs_c = tl.arange(0, BLOCK_I * BLOCK_R)
-    a_i = pid_i * BLOCK_I + offs_c // BLOCK_R
-    c_j = offs_c % BLOCK_R
+    c_i, c_j = _slice_pairs(BLOCK_I, BLOCK_R)
+    a_i = pid_i * BLOCK_I + c_i
     mask_k = offs_k < d
 
     blocks_per_split = tl.cdiv(tl.cdiv(N, BLOCK_N), n_splits)
