@@ -321,18 +321,6 @@ def test_on_gpus_a_shape_compiles_once_before_its_other_runs_start(tmp_path: Pat
     assert [cpu._next(todo, None) for _ in runs] == runs  # nothing compiles on the CPU: plain order
 
 
-def test_cpu_runs_keep_large_tensors_on_the_heap_unless_the_user_says_otherwise(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    knobs = grid.Knobs.from_env({**TINY, "CONTROLS": "0"})
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    assert grid.Queue(knobs, [None], "both", tmp_path, sys.executable)._env["GLIBC_TUNABLES"] == \
-        grid.queue.CPU_MALLOC_TUNABLES
-    assert "GLIBC_TUNABLES" not in grid.Queue(knobs, ["0"], "both", tmp_path, sys.executable)._env  # GPU slots
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    assert grid.Queue(knobs, [None], "both", tmp_path, sys.executable)._env["GLIBC_TUNABLES"] == \
-        "glibc.malloc.arena_max=2"
-
-
 def test_a_run_cut_before_its_first_checkpoint_is_marked(tmp_path: Path) -> None:
     (run,) = plan({**TINY, "CONTROLS": "0"}, models=("grassmann",))
     grid._mark_cut(run, tmp_path, "the time budget ran out")

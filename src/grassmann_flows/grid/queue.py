@@ -29,12 +29,6 @@ CORES_PER_RUN = 2
 MAX_RUNS_PER_GPU = 8
 
 
-# On the CPU a WikiText-2 step allocates and frees several (B*L) x vocab tensors (500 MB at
-# B=32, L=128 in float32). glibc serves each from a fresh mmap, so every step page-faults
-# them in again; keeping them on the heap (glibc only, ignored elsewhere) took a d=128 step
-# from 4.5 s to 2.5 s on one core (technical.md, CPU runs). The user's own setting wins.
-CPU_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483648:glibc.malloc.trim_threshold=4294967296"
-
 # --------------------------------------------------------------------------- slots
 
 
@@ -136,8 +130,6 @@ class Queue:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
-        if all(slot is None for slot in self.slots):
-            env.setdefault("GLIBC_TUNABLES", CPU_MALLOC_TUNABLES)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p)
         return env
 
