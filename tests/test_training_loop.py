@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from grassmann_flows import eval_snli, eval_wikitext, train, train_snli, training
 from grassmann_flows.data.wikitext import LMBlocks, LMDataConfig
+from grassmann_flows.models import build_model
 from grassmann_flows.train import LMTask, evaluate_blocks
 from grassmann_flows.training import TrainConfig, epoch_order, fit
 from grassmann_flows.utils import env
@@ -294,17 +295,38 @@ def test_reported_perplexity_is_token_weighted(tmp_path: Path, chunking: str) ->
     tokens = {split: _tokens(11, block_len, seed) for seed, split in enumerate(("train", "validation", "test"))}
     splits = {split: LMBlocks(t, cfg) for split, t in tokens.items()}
     assert len(splits["test"]) == 11
-    model = Bigram()
-    res = fit(model, LMTask(splits), _cfg(epochs=1, batch_size=4, eval_batch_size=4, lr=1e-3), tmp_path / "run",
-              RUN_INFO)
+    model = Bigram()  # a table of logits, no tied head to compute in chunks
+    res = fit(model, LMTask(splits, "logits"), _cfg(epochs=1, batch_size=4, eval_batch_size=4, lr=1e-3),
+              tmp_path / "run", RUN_INFO)
     trained = Bigram()
     trained.load_state_dict(load_checkpoint(tmp_path / "run" / "best.pt")["model"])
     assert res["best_val_ppl"] == pytest.approx(_independent_ppl(trained, tokens["validation"], chunking), rel=1e-6)
     assert res["test"]["ppl"] == pytest.approx(_independent_ppl(trained, tokens["test"], chunking), rel=1e-6)
     # the direct entry point, too, and a batch size that splits the blocks differently
-    direct = evaluate_blocks(trained, splits["test"], torch.device("cpu"), batch_size=5)
+    direct = evaluate_blocks(trained, splits["test"], torch.device("cpu"), batch_size=5, head_loss="logits")
     assert direct["ppl"] == pytest.approx(res["test"]["ppl"], rel=1e-6)
     assert direct["n_targets"] == 11 * (block_len - 1)
+
+
+def test_chunked_head_trains_what_the_logits_train(tmp_path: Path) -> None:
+    """A real (tied-head) model, one epoch each way: the chunked cross-entropy and the one
+    from materialised logits give the same losses, perplexities and weights (float32 sums
+    in another order: 1e-5)."""
+    cfg = LMDataConfig(seq_len=L)
+    splits = {split: LMBlocks(_tokens(9, L + 1, seed), cfg) for seed, split in enumerate(("train", "validation", "test"))}
+    results, weights = {}, {}
+    for head_loss in ("logits", "chunked"):
+        torch.manual_seed(0)
+        model = build_model("grassmann", "paper", vocab_size=V, d_model=16, n_heads=2, d_ff=32, n_layers=2,
+                            n_positions=L, reduced_dim=4)
+        results[head_loss] = fit(model, LMTask(splits, head_loss), _cfg(epochs=2, batch_size=4, lr=1e-2,
+                                 head_loss=head_loss), tmp_path / head_loss, RUN_INFO)
+        weights[head_loss] = model.state_dict()
+    for key in ("best_val_ppl",):
+        assert results["chunked"][key] == pytest.approx(results["logits"][key], rel=1e-5)
+    assert results["chunked"]["test"]["ppl"] == pytest.approx(results["logits"]["test"]["ppl"], rel=1e-5)
+    for name, w in weights["logits"].items():
+        torch.testing.assert_close(weights["chunked"][name], w, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # --- precision ------------------------------------------------------------------------

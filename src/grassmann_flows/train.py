@@ -33,8 +33,9 @@ class LMTask:
     metric = "loss"
     higher_is_better = False
 
-    def __init__(self, splits: dict[str, LMBlocks]) -> None:
+    def __init__(self, splits: dict[str, LMBlocks], head_loss: str = "auto") -> None:
         self.splits = splits
+        self.head_loss = head_loss
 
     def n_train(self) -> int:
         return len(self.splits["train"])
@@ -44,31 +45,45 @@ class LMTask:
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         x, y = batch
-        logits = model(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX), x.numel()
+        return lm_loss(model, x, y, chunked_head(self.head_loss, x.device)), x.numel()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device, batch_size: int,
                  max_batches: int = 0, precision: str = "auto") -> dict[str, Any]:
         """Token-weighted perplexity over the split's non-overlapping blocks."""
-        return evaluate_blocks(model, self.splits[split], device, batch_size, max_batches, precision)
+        return evaluate_blocks(model, self.splits[split], device, batch_size, max_batches, precision,
+                               self.head_loss)
+
+
+def chunked_head(head_loss: str, device: torch.device) -> bool:
+    """Whether `TrainConfig.head_loss` computes the head's cross-entropy in chunks on `device`."""
+    if head_loss not in ("auto", "logits", "chunked"):
+        raise ValueError(f"head_loss must be auto, logits or chunked; got {head_loss!r}")
+    return head_loss == "chunked" or (head_loss == "auto" and device.type == "cpu")
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunked: bool, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of next-token targets y (B, L) (IGNORE_INDEX: none) given inputs x (B, L):
+    through the model's chunked head, or from its (B, L, V) logits."""
+    if chunked:
+        return model(x, targets=y, reduction=reduction)
+    return F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 @torch.no_grad()
 def evaluate_blocks(model: nn.Module, ds: LMBlocks, device: torch.device, batch_size: int,
-                    max_batches: int = 0, precision: str = "auto") -> dict[str, Any]:
+                    max_batches: int = 0, precision: str = "auto", head_loss: str = "auto") -> dict[str, Any]:
     """exp(total cross-entropy / total targets): every target token weighs the same.
 
     precision: the run's (see `training.autocast`), so that evaluation computes what training did.
     """
     was_training = model.training
     model.eval()
+    chunked = chunked_head(head_loss, device)
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in eval_batches(ds, batch_size, max_batches, device):
         with autocast(device, precision):
-            logits = model(x)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="sum").double()
+            total += lm_loss(model, x, y, chunked, reduction="sum").double()
         count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     loss = (total / max(1, count)).item()
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     data_cfg = dataclass_from_args(LMDataConfig, args)
     train_cfg = dataclass_from_args(TrainConfig, args, batch_size=args.batch_size or paper_batch_size(data_cfg.seq_len))
+    chunked_head(train_cfg.head_loss, torch.device("cpu"))  # a bad --head-loss fails before any data is read
     options: dict[str, Any] = dict(parse_option(o) for o in args.opt)
     options.update(n_layers=args.n_layers, n_positions=args.n_positions or data_cfg.seq_len)
     if args.mixer_impl:
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tag": args.tag, "seq_len": data_cfg.seq_len, "n_layers": args.n_layers,
                     "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus, "data_dir": str(data_dir)},
     }
-    results = fit(model, LMTask(splits), train_cfg, out_dir, run_info, resume=args.resume)
+    results = fit(model, LMTask(splits, train_cfg.head_loss), train_cfg, out_dir, run_info, resume=args.resume)
     return exit_code(results)
 
 

@@ -56,6 +56,11 @@ class TrainConfig:
     log_every: int = 50
     stop_after_steps: int = 0  # save last.pt and stop after this many steps (0 = never)
     patience: int = 0  # stop after this many evaluations without a validation improvement (0 = off)
+    # WikiText-2 only: how the tied head's cross-entropy is computed. "logits" materialises the
+    # (B, L, V) logits; "chunked" never does (ops/linear_cross_entropy, same loss and gradients);
+    # "auto" is chunked on the CPU, where the logits' memory traffic dominates a step, and
+    # logits on CUDA, where torch.compile fuses the head and the loss.
+    head_loss: str = "auto"
 
 
 class Task(Protocol):
@@ -528,7 +533,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     ckpt = load_checkpoint(path, device)
     saved = {k: v for k, v in ckpt["meta"].items() if k != "state"}
     # Settings that only say how long to run may change on resume; the rest may not.
-    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode"}
+    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode", "head_loss"}
     mismatched = [m for m in config_mismatch(saved, identity) if m.split(" ")[0].split(".")[-1] not in volatile]
     if mismatched:
         raise CheckpointError(f"{path} was written by another configuration: " + "; ".join(mismatched))

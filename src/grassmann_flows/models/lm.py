@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.linear_cross_entropy import linear_cross_entropy
 from .backbone import Backbone, StreamState
 from .config import ModelConfig
 
@@ -26,10 +27,22 @@ class LanguageModel(nn.Module):
         """An empty decoding state (see `Backbone.new_state`)."""
         return self.backbone.new_state(batch, capacity)
 
-    def forward(self, input_ids: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, state: StreamState | None = None,
+                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """input_ids (B, L) -> logits (B, L, V). With `state`, input_ids continue the
-        sequence the state has seen (one token at a time when generating)."""
-        return F.linear(self.backbone(input_ids, state=state), self.backbone.tok_emb.weight)
+        sequence the state has seen (one token at a time when generating).
+
+        With `targets` (B, L) (IGNORE_INDEX = -100 where there is none) it returns the
+        next-token cross-entropy instead ("mean" over the targets, or "sum"), computed by
+        `ops/linear_cross_entropy` without the (B, L, V) logits in memory: the value and
+        gradients of CE(logits) up to float rounding. Through `forward`, so DDP and
+        torch.compile wrappers see it as the model's call.
+        """
+        hidden = self.backbone(input_ids, state=state)
+        if targets is None:
+            return F.linear(hidden, self.backbone.tok_emb.weight)
+        return linear_cross_entropy(hidden.flatten(0, 1), self.backbone.tok_emb.weight, targets.flatten(),
+                                    reduction=reduction)
 
 
 def count_parameters(model: nn.Module) -> int:
