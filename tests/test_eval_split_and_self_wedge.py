@@ -1,12 +1,16 @@
-"""Two bugs of the public reproductions (technical.md, blog.md), shown on this project's code.
+"""Two checks on this project's code, each the guard against a known way to get a number wrong.
 
-1. alphaXiv's SNLI "Grassmann" head wedges a vector with itself. u ∧ u = 0 identically,
-   so after normalisation and projection every token gets the projection's bias: the
-   head's mixing carries no information about its input. (Our head pairs distinct
-   tokens; `tests/test_snli_heads.py::test_window_pairs_never_pair_a_token_with_itself`.)
-2. alphaXiv's `eval_wikitext.py` labels as "test" a number computed on the validation
-   split. Here both the end-of-training test metric and the eval entry point count the
-   targets of the test split, not of the validation split.
+1. A wedge of a vector with itself is identically zero: u ∧ u = 0, so a head that
+   computes Plücker coordinates of (z, z) gets, after normalisation and projection, the
+   projection's bias for every input, and its mixing carries nothing about the input.
+   Our SNLI head pairs distinct tokens
+   (`tests/test_snli_heads.py::test_window_pairs_never_pair_a_token_with_itself`).
+2. The metric reported as "test" is computed on the test split: both the end-of-training
+   test metric and the eval entry point count the targets of the test split, not of the
+   validation split.
+
+technical.md §5.2 and §5.3 say where these came up in public code and what is and is not
+known about their effect there.
 """
 
 from __future__ import annotations
