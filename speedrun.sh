@@ -18,7 +18,7 @@
 #   SNLI_MODE             [distilbert] distilbert (the paper's heads on frozen DistilBERT) | scratch
 #   DISTILBERT_DIR        [hub]      local copy of distilbert-base-uncased (else the HF cache / the hub)
 #   SNLI_LAYERS           [6]        depth of the from-scratch SNLI encoders
-#   DATA_DIR              [./data]   local data (layout: see README); fetched from the hub if missing
+#   DATA_DIR              [./data]   local data (layout: see docs/running.md); fetched from the hub if missing
 #   OUT_ROOT              [outputs]  where outputs/<timestamp>/<run>/ go
 #   CACHE_DIR             [./cache]  tokenised splits and the shared torch.compile / Triton cache
 #   QUICK=1               a few steps on tiny settings: the CPU smoke run

@@ -8,7 +8,7 @@ Every model is built with the `paper` preset (tied head, learned positions, fina
 LayerNorm, and for the Grassmann LM the one extra d x d projection of g per mixer that
 the counts imply) and a 128-row position table: the paper's 17.32M / 18.16M for the
 12-layer models only come out with 128 rows, even though they train at block size
-256 (paper.md §5). The count with the 256 rows that L=256 training needs is given
+256 (technical.md §3). The count with the 256 rows that L=256 training needs is given
 alongside.
 """
 

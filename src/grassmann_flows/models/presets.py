@@ -8,7 +8,7 @@
 |                     | (1,1,2,2,4,4,8,8,12,12,16,16) at N = 12 ("across depth")             |                                      |
 | `preln_all_offsets` | all six offsets in every layer, pre-LN residual block around a      | alphaXiv reproduction: T 169.25 vs G 241.60 (N=12 L=256) |
 |                     | mixer with its own LayerNorm                                         |                                      |
-| `preln_per_layer`   | one offset per layer from the 12-entry schedule, pre-LN residual    | youdie006 reproduction: T 218.28 vs G 200.29 (N=12 L=256) |
+| `preln_per_layer`   | one offset per layer from the 12-entry schedule, pre-LN residual    | youdie006 reproduction: T 218.28 vs G 200.29 (N=12 L=256), README: https://github.com/youdie006/grassmann/blob/e8aa8c8f028daab1bce9992d5a7f4b5294de623d/README.md#L48-L51 |
 |                     | block, average-then-project (g = b_plü where no offset is valid)    |                                      |
 
 The Transformer baseline is pre-LN in every preset (the paper does not say; a
