@@ -1,5 +1,6 @@
-"""Tests of scripts/analyze_best_results.py, scripts/visualize_results.py and their shared
-statistics, on the synthetic fixture sweep in tests/fixtures/results/ (not real results)."""
+"""Tests of grassmann_flows.analysis and its entry points (scripts/analyze_best_results.py,
+scripts/visualize_results.py, scripts/make_record.py), on the synthetic fixture sweeps in
+tests/fixtures/results/ (not real results)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 FIXTURE = REPO / "tests" / "fixtures" / "results" / "synthetic_output"
-sys.path.insert(0, str(SCRIPTS))
 
-import _results  # noqa: E402
-import _stats  # noqa: E402
+from grassmann_flows.analysis import bench as _bench  # noqa: E402
+from grassmann_flows.analysis import load, summary as _summary  # noqa: E402
+from grassmann_flows.analysis import stats as _stats  # noqa: E402
 
 PAPER_HEADING = "### Paper comparison (full corpus)"
 REDUCED_HEADING = "### Reduced-corpus results (not comparable with the paper)"
@@ -42,9 +43,12 @@ def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _analyze(sweep: Path) -> tuple[str, dict]:
-    proc = _run_script("analyze_best_results.py", str(sweep))
+    """The report and the summary JSON of `sweep` (written beside it, never into it)."""
+    out = sweep.parent / "analysis"
+    proc = _run_script("analyze_best_results.py", str(sweep), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout, json.loads((sweep / "best_results_summary.json").read_text())
+    assert not list(sweep.rglob("best_results_summary.json"))
+    return proc.stdout, json.loads((out / "best_results_summary.json").read_text())
 
 
 def _section(markdown: str, heading: str) -> str:
@@ -118,15 +122,27 @@ def _independent_groups(sweep: Path) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _chosen(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
-    """Per variant without lr, the runs of the lr with the best mean validation."""
+def _by_model(groups: dict[tuple, list[dict]]) -> dict[tuple, dict[float, list[dict]]]:
+    """Per variant without lr: {lr: runs}."""
     by_model: dict[tuple, dict[float, list[dict]]] = defaultdict(dict)
     for key, runs in groups.items():
         by_model[key[:3] + key[4:]][key[3]] = runs
+    return by_model
+
+
+def _on_common_seeds(by_lr: dict[float, list[dict]]) -> dict[float, list[dict]]:
+    """Each lr's runs on the seeds that every lr has (all runs when they share none)."""
+    common = set.intersection(*({r["seed"] for r in runs} for runs in by_lr.values()))
+    return {lr: [r for r in runs if r["seed"] in common] for lr, runs in by_lr.items()} if common else by_lr
+
+
+def _chosen(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """Per variant without lr, the runs of the lr with the best mean validation on common seeds."""
     out = {}
-    for key, by_lr in by_model.items():
+    for key, by_lr in _by_model(groups).items():
         metric, sign = ("best_val_ppl", 1) if key[0] == "wikitext" else ("best_val_acc", -1)
-        lr = min(by_lr, key=lambda lr: sign * np.mean([r[metric] for r in by_lr[lr]]))
+        compared = _on_common_seeds(by_lr)
+        lr = min(by_lr, key=lambda lr: sign * np.mean([r[metric] for r in compared[lr]]))
         out[key[:3] + (lr,) + key[3:]] = by_lr[lr]
     return out
 
@@ -222,42 +238,42 @@ def test_one_transformer_pairs_with_every_preset_that_trains_it() -> None:
     shared = {"paper": plain, "preln_per_layer": plain, "preln_all_offsets": ffn_drop}
 
     def config(model: str, preset: str | None, block: str | None = None,
-               settings: tuple | None = None) -> _results.Config:
-        key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
+               settings: tuple | None = None) -> _summary.Config:
+        key = _summary.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
                                  preset=preset, tag="", corpus="full", snli_mode=None, block=block,
                                  extra_proj="g" if preset == "paper" else ("none" if model == "grassmann" else None),
                                  shared=settings or shared.get(preset or ""))
-        return _results.Config(key)
+        return _summary.Config(key)
 
     grassmann = [config("grassmann", p) for p in ("paper", "preln_all_offsets", "preln_per_layer")]
     t_paper = config("transformer", "paper", "preln")
-    gaps = _results.pair_configs(grassmann + [t_paper])
+    gaps = _summary.pair_configs(grassmann + [t_paper])
     # preln_all_offsets trains its Transformer with FFN dropout: T-paper is not its baseline
     assert sorted(g.grassmann.key.preset for g in gaps) == ["paper", "preln_per_layer"]
     assert all(g.transformer is t_paper for g in gaps)
     t_all = config("transformer", "preln_all_offsets", "preln")
-    gaps = _results.pair_configs(grassmann + [t_paper, t_all])
+    gaps = _summary.pair_configs(grassmann + [t_paper, t_all])
     assert {g.grassmann.key.preset: g.transformer for g in gaps} == {
         "paper": t_paper, "preln_per_layer": t_paper, "preln_all_offsets": t_all}
     # Runs without config.json (no shared settings known) fall back to a Transformer keyed
     # without a preset.
     anonymous = config("transformer", None, "preln", settings=())
-    bare = [_results.Config(replace(g.key, shared=None)) for g in grassmann]
-    gaps = _results.pair_configs(bare + [anonymous])
+    bare = [_summary.Config(replace(g.key, shared=None)) for g in grassmann]
+    gaps = _summary.pair_configs(bare + [anonymous])
     assert len(gaps) == 3 and all(g.transformer is anonymous for g in gaps)
 
 
 def test_distilbert_heads_pair_with_the_joint_and_the_siamese_transformer() -> None:
     """The siamese Transformer head (the Grassmann head's classifier on sentences encoded
     apart) is a second, labelled partner, never a seed of the joint head."""
-    def config(model: str, head: str | None) -> _results.Config:
-        return _results.Config(_results.ConfigKey(
+    def config(model: str, head: str | None) -> _summary.Config:
+        return _summary.Config(_summary.ConfigKey(
             source="ours", task="snli", model=model, seq_len=48, n_layers=2, preset=None, tag="",
             corpus="full", snli_mode="distilbert", head=head))
 
     grassmann, joint, siamese = config("grassmann", None), config("transformer", "joint"), config("transformer", "siamese")
     assert joint.key != siamese.key
-    gaps = _results.pair_configs([grassmann, joint, siamese])
+    gaps = _summary.pair_configs([grassmann, joint, siamese])
     assert sorted((g.transformer.key.label, g.grassmann.key.label) for g in gaps) == [("T", "G"), ("T-siamese", "G")]
 
 
@@ -276,13 +292,14 @@ def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
     assert [c["lr"] for c in config["lr_selection"]] == [6e-4, 1e-3]
     # The Transformer's better validation is at 6e-4: each model gets its own lr.
     assert ("wikitext", "transformer", "", 6e-4, "preln", None, None) in _ours(summary, "wikitext")
-    assert "| grassmann | G-paper | 32 | 2 | paper | — | 0.001 | 3 |" in markdown and "**chosen**" in markdown
+    assert "| grassmann | G-paper | 32 | 2 | paper | — | 0.001 | 0, 1, 2 | 3 |" in markdown and "**chosen**" in markdown
+    assert config["lr_selection_seeds"] == [0, 1, 2]
 
 
 def test_duplicates_keep_the_newest_finished_copy(sweep: Path) -> None:
-    proc = _run_script("analyze_best_results.py", str(sweep))
+    proc = _run_script("analyze_best_results.py", str(sweep), "--out", str(sweep.parent))
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((sweep / "best_results_summary.json").read_text())
+    summary = json.loads((sweep.parent / "best_results_summary.json").read_text())
     dropped = summary["tasks"]["wikitext"]["dropped_duplicates"]
     assert {str(Path(d["dropped"]).relative_to(sweep)) for d in dropped} == DROPPED
     assert sum("dropped duplicate run" in line for line in proc.stderr.splitlines()) == 2
@@ -316,7 +333,7 @@ def test_custom_corpus_is_never_compared_with_the_paper(sweep: Path) -> None:
     assert PAPER_HEADING not in markdown
     assert REDUCED_HEADING in markdown
     assert "### Published results (reference only)" in markdown
-    for task in _results.TASKS:
+    for task in load.TASKS:
         sections = summary["tasks"][task]["sections"]
         assert sections["paper_comparison"]["configs"] == []
         assert all(c["corpus"] == "custom" for c in sections["reduced_corpus"]["configs"])
@@ -358,10 +375,12 @@ def test_diverged_runs_are_listed_and_excluded(sweep: Path) -> None:
     assert "grassmann_wikitext_L32_N2_s3 (diverged)" in markdown
 
 
-def test_default_output_dir_is_the_newest_timestamp(tmp_path: Path) -> None:
-    for name in ("2026-01-02_00-00-00", "2026-11-24_10-00-00", "2026-03-01_12-00-00", "tmp_scratch"):
-        (tmp_path / name).mkdir()
-    assert _results.resolve_output_dir(None, tmp_path).name == "2026-11-24_10-00-00"
+def test_default_output_dir_is_all_of_outputs(tmp_path: Path) -> None:
+    """With no argument every run under outputs/ is read, not only the newest sweep."""
+    for name in ("2026-01-02_00-00-00", "2026-11-24_10-00-00", "cpu-pilot"):
+        shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", tmp_path / name / "run")
+    assert load.resolve_output_dir(None, tmp_path) == tmp_path
+    assert len(load.load_runs(load.resolve_output_dir(None, tmp_path))) == 3
 
 
 @pytest.mark.parametrize("make_dir", [False, True])
@@ -394,8 +413,6 @@ def _bench_doc(gpu: str | None) -> dict:
 
 
 def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
-    import _bench
-
     (tmp_path / "a-cpu.json").write_text(json.dumps(_bench_doc(None)))
     (tmp_path / "b-gpu.json").write_text(json.dumps(_bench_doc("synthetic GPU")))
     assert [p.name for p in _bench.gpu_bench_files(tmp_path)] == ["b-gpu.json"]
@@ -410,8 +427,6 @@ def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
 
 def test_a_window_benchmark_split_over_files_is_read_as_one(tmp_path: Path) -> None:
     """scripts/gpu_window.sh times the mixer and the models in separate calls, one directory."""
-    import _bench
-
     doc = _bench_doc("synthetic GPU")
     window = tmp_path / "2026-01-01_00-00-00"
     for part, rows in (("mixer", {"mixer": doc["mixer"], "model": []}), ("eager", {"mixer": [], "model": doc["model"]})):
@@ -433,7 +448,7 @@ def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     stems = ["published_numbers", "param_breakdown", "wikitext_results", "snli_results", "wikitext_curves",
              "snli_curves", "speed_ratios"]
-    assert set(stems) == set(_results.FIGURES)  # every figure has its alt text, and only those
+    assert set(stems) == set(_summary.FIGURES)  # every figure has its alt text, and only those
     for stem in stems:
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()[:2000]
@@ -455,7 +470,7 @@ def test_visualizer_draws_no_curves_when_no_run_finished(sweep: Path, tmp_path: 
 
 def test_committed_parameter_breakdown_is_current() -> None:
     """results/params/breakdown.json is what scripts/param_breakdown.py writes, and sums exactly."""
-    sys.path.insert(0, str(REPO / "src"))
+    sys.path.insert(0, str(SCRIPTS))
     import param_breakdown
 
     committed = json.loads((REPO / "results" / "params" / "breakdown.json").read_text())
@@ -498,7 +513,7 @@ def test_blog_section_regenerates_identically_between_the_markers(sweep: Path, t
     assert "Reduced-corpus results (not comparable with the paper)" in section
     assert "Paper" not in section and "alphaXiv" not in section  # no published number beside these runs
     for stem in ("wikitext_results", "wikitext_curves", "snli_results", "snli_curves"):
-        assert f"![{_results.FIGURES[stem]}](images/{stem}.png)" in section
+        assert f"![{_summary.FIGURES[stem]}](images/{stem}.png)" in section
 
 
 def _numbers(obj) -> list[float]:
@@ -518,7 +533,8 @@ def _derived(groups: dict[tuple, list[dict]]) -> list[float]:
                lambda r: r["test"]["ppl" if r["task"] == "wikitext" else "acc"],
                lambda r: r["best_epoch"], lambda r: r["train_time_s"], lambda r: r["tokens_per_s"],
                lambda r: r["params"], lambda r: len(r["epochs"])]
-    for runs in groups.values():
+    common = [runs for by_lr in _by_model(groups).values() for runs in _on_common_seeds(by_lr).values()]
+    for runs in list(groups.values()) + common:  # the lr choice compares common seeds
         out.append(len(runs))
         for get in getters:
             values = np.array([get(r) for r in runs], dtype=float)
@@ -580,7 +596,7 @@ def test_blog_and_figures_read_only_runs_git_tracks(tmp_path: Path, capsys: pyte
         shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", repo / "outputs" / name)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "outputs/kept"], check=True)
-    runs = _results.load_committed_runs(repo / "outputs", repo)
+    runs = load.load_committed_runs(repo / "outputs", repo)
     assert [r.path.parent.name for r in runs] == ["kept"]
     assert "left out 1 run(s)" in capsys.readouterr().err
 
@@ -615,7 +631,7 @@ def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) 
     meta = json.loads((record / "record.json").read_text())
     assert meta["command"] == "./speedrun.sh all all" and meta["n_runs"] == 23
     assert "NOT comparable with the paper" in meta["label"]
-    assert json.loads((record / "summary.json").read_text())["schema_version"] == 2
+    assert json.loads((record / "summary.json").read_text())["schema_version"] == 3
     assert (record / "runs" / "control_a_s0" / "metrics.jsonl").is_file()
     assert not list(record.rglob("*.pt"))
     assert "./speedrun.sh all all" in (record / "README.md").read_text()
