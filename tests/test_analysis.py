@@ -21,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 FIXTURE = REPO / "tests" / "fixtures" / "results" / "synthetic_output"
+MIXED = FIXTURE.parent / "mixed_output"  # every kind of run side by side (make_mixed_fixture)
 
 from grassmann_flows.analysis import bench as _bench  # noqa: E402
 from grassmann_flows.analysis import load, summary as _summary  # noqa: E402
@@ -84,14 +85,15 @@ def test_welch_interval_known_case() -> None:
     assert (interval.low, interval.high) == pytest.approx((-1 - half, -1 + half), abs=1e-5)
 
 
-def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
-    regenerated = _load_make_fixture().make_fixture(tmp_path / "fresh")
-    # No stale runs in the committed copy (a summary written there by hand is tolerated).
-    assert sorted(p.relative_to(FIXTURE) for p in FIXTURE.rglob("results.json")) == \
-        sorted(p.relative_to(regenerated) for p in regenerated.rglob("results.json"))
+@pytest.mark.parametrize("maker, committed", [("make_fixture", FIXTURE), ("make_mixed_fixture", MIXED)])
+def test_fixture_is_what_the_generator_writes(tmp_path: Path, maker: str, committed: Path) -> None:
+    regenerated = getattr(_load_make_fixture(), maker)(tmp_path / "fresh")
+    # No stale files in the committed copy.
+    assert sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(regenerated) for p in regenerated.rglob("*") if p.is_file())
     for path in (p for p in regenerated.rglob("*") if p.is_file()):
         rel = path.relative_to(regenerated)
-        assert (FIXTURE / rel).read_text() == path.read_text(), rel
+        assert (committed / rel).read_text() == path.read_text(), rel
 
 
 # --------------------------------------------------------------------------- analyser
@@ -639,3 +641,72 @@ def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) 
     bad = _run_script("make_record.py", str(sweep), "--records-dir", str(records), "--readme", str(readme),
                       "--setting", "../escape")
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error:")
+
+
+# --------------------------------------------------------------------------- a mix of every kind of run
+
+
+@pytest.fixture()
+def mixed(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(MIXED, tmp_path / "outputs"))
+
+
+def test_every_entry_point_reads_a_mix_of_every_kind_of_run(mixed: Path, tmp_path: Path) -> None:
+    """Old schema, QUICK, another width, controls, diverged, cut, eval-only: no crash, all three ways."""
+    markdown, summary = _analyze(mixed)
+    assert summary["tasks"]["wikitext"]["n_runs"] + summary["tasks"]["snli"]["n_runs"] == 23
+    blog, _ = _blog(mixed, tmp_path)
+    assert "QUICK" not in _marker_section(blog.read_text())  # smoke runs never reach the blog
+    out = tmp_path / "figures"
+    proc = _run_script("visualize_results.py", str(mixed), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert {p.stem for p in out.glob("*.png")} >= {"wikitext_results", "wikitext_curves", "snli_results", "snli_curves"}
+    cut = [e for e in summary["tasks"]["wikitext"]["excluded_runs"] if e["status"] == "interrupted"]
+    assert [e["run_name"] for e in cut] == ["grassmann_wikitext_L32_N2_s3"]
+
+
+def test_quick_runs_are_never_compared_with_real_runs(mixed: Path) -> None:
+    _, summary = _analyze(mixed)
+    sections = summary["tasks"]["wikitext"]["sections"]
+    quick = sections["quick"]["configs"]
+    # marked by the results.json field, or only by train.max_steps_per_epoch (older runs)
+    assert sorted(n for c in quick for n in c["run_names"]) == ["grassmann_quick_s0", "transformer_quick_s0",
+                                                                 "transformer_quick_s1"]
+    assert all(c["quick"] for c in quick)
+    assert [g["pairing"] for g in sections["quick"]["gaps"]] == ["G-paper d64 ff256 vs T-preLN d64 ff256"]
+    for name in ("paper_comparison", "reduced_corpus", "other_width"):
+        assert not any(c["quick"] for c in sections[name]["configs"])
+        assert not any("d64" in g["pairing"] for g in sections[name]["gaps"])
+
+
+def test_model_width_is_part_of_the_configuration(mixed: Path) -> None:
+    markdown, summary = _analyze(mixed)
+    configs = summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]
+    widths = {(c["label"], tuple(c["width"] or ())) for c in configs}
+    assert ("G-paper d128 ff512", (128, 512, 4, 32)) in widths and ("G-paper", (256, 1024, 4, 32)) in widths
+    d128 = next(c for c in configs if c["label"] == "G-paper d128 ff512")
+    assert d128["run_names"] == ["grassmann_d128_s0"]  # never pooled with the d_model=256 seeds
+    gaps = {g["pairing"] for g in summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["gaps"]}
+    assert "G-paper d128 ff512 vs T-preLN d128 ff512" in gaps and "G-paper vs T-preLN" in gaps
+    assert "| ours | G-paper d128 ff512 vs T-preLN d128 ff512 |" in markdown
+
+
+def test_snli_lr_follows_the_metric_direction_on_common_seeds(mixed: Path) -> None:
+    """At seed 0, lr 6e-4 validates at 72% and 1e-3 at 70%: higher accuracy wins, so 6e-4.
+    Seeds 1-2 exist only at 1e-3 (80%); over each lr's own seeds 1e-3 would win unfairly."""
+    markdown, summary = _analyze(mixed)
+    configs = summary["tasks"]["snli"]["sections"]["reduced_corpus"]["configs"]
+    assert {c["model"]: c["lr"] for c in configs} == {"grassmann": 6e-4, "transformer": 6e-4}
+    for config in configs:
+        assert config["lr_selection_seeds"] == [0]
+        assert [(c["lr"], c["best_val"]["values"]) for c in config["lr_selection"]] == [(6e-4, [0.72]), (1e-3, [0.70])]
+    assert "| 0.001 | 0 | 1 | 70.00% |" in markdown
+
+
+def test_snli_test_number_comes_from_eval_test_json(mixed: Path) -> None:
+    markdown, summary = _analyze(mixed)
+    configs = {c["model"]: c for c in summary["tasks"]["snli"]["sections"]["reduced_corpus"]["configs"]}
+    assert configs["grassmann"]["test"]["values"] == [0.7011]  # not results.json's in-training test
+    assert configs["transformer"]["test"]["values"] == [0.6822]  # results.json has no test at all
+    assert all(c["test_sources"] == ["eval_test.json"] for c in configs.values())
+    assert "| 70.11% | eval_test.json |" in markdown
