@@ -691,6 +691,15 @@ def test_model_width_is_part_of_the_configuration(mixed: Path) -> None:
     assert "| ours | G-paper d128 ff512 vs T-preLN d128 ff512 |" in markdown
 
 
+def test_old_schema_runs_pool_with_new_runs_of_the_same_configuration(mixed: Path) -> None:
+    """The pilot's config.json has no seed and no ffn_dropout (whose absence meant 0.0)."""
+    _, summary = _analyze(mixed)
+    configs = summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]
+    paper = {c["label"]: c for c in configs}
+    assert sorted(paper["G-paper"]["seeds"]) == [0, 1, 4]
+    assert sorted(paper["T-preLN"]["seeds"]) == [0, 1, 4]
+
+
 def test_snli_lr_follows_the_metric_direction_on_common_seeds(mixed: Path) -> None:
     """At seed 0, lr 6e-4 validates at 72% and 1e-3 at 70%: higher accuracy wins, so 6e-4.
     Seeds 1-2 exist only at 1e-3 (80%); over each lr's own seeds 1e-3 would win unfairly."""

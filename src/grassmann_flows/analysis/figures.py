@@ -73,16 +73,24 @@ def _ordered_settings(configs: list[Config]) -> list[tuple]:
 
 
 def _group_label(group: dict[str, Config]) -> str:
-    """x tick label of a bar pair: who, which pairing/preset/variant/lr, and (ours) which corpus."""
+    """x tick label of a bar pair, one fact a line: who (published: source and variant; ours:
+    the pairing), then for ours the preset, tag and lrs (the corpus is in the panel title)."""
     g, t = group.get("grassmann"), group.get("transformer")
     k = next(iter(group.values())).key
-    if k.source != OURS:
-        return next(iter(group.values())).source_label + (f"\n{k.tag}" if k.tag else "")
-    label = " vs ".join(c.key.label for c in (g, t) if c) + (f" ({k.preset})" if k.preset else "")
+    if k.source != OURS:  # "alphaXiv (README v1)" -> two lines
+        return next(iter(group.values())).source_label.replace(" (", "\n(") + (f"\n{k.tag}" if k.tag else "")
+    lines = [c.key.label for c in (g, t) if c]
+    if len(lines) == 2:
+        lines[1] = f"vs {lines[1]}"
     tags = "/".join(dict.fromkeys(c.key.tag or "—" for c in (g, t) if c))
     lrs = "/".join(f"{c.key.lr:g}" for c in (g, t) if c and c.key.lr)
-    label += (f"\ntag {tags}" if tags != "—" else "") + (f"\nlr {lrs}" if lrs else "")
-    return label + ("" if k.comparable else f"\n[{k.corpus} corpus]")
+    lines += ([f"preset {k.preset}"] if k.preset else []) + ([f"tag {tags}"] if tags != "—" else [])
+    return "\n".join(lines + ([f"lr {lrs}"] if lrs else []))
+
+
+def _panel_width(configs: list[Config]) -> float:
+    """Inches a bar panel of `configs` needs so that its tick labels do not overlap."""
+    return max(5.0, 1.0 + 1.45 * len(_bar_groups(configs)))
 
 
 def _bar_groups(configs: list[Config]) -> list[dict[str, Config]]:
@@ -135,7 +143,7 @@ def _draw_panel(ax: plt.Axes, task: str, quantity: str, configs: list[Config]) -
             ax.annotate(text, (x, height + (stat.std or 0) * scale), xytext=(0, 2),
                         textcoords="offset points", ha="center", va="bottom", fontsize=7)
     labels = [_group_label(g) for g in groups]
-    ax.set_xticks(range(len(groups)), labels, fontsize=7, rotation=25, ha="right")
+    ax.set_xticks(range(len(groups)), labels, fontsize=7)
     ax.set_xlim(-0.7, max(len(groups), 2) - 0.3)  # keep bar widths alike across panels
     ax.set_ylim(0, cap * 1.22)
     ax.grid(axis="y", alpha=0.3)
@@ -146,35 +154,55 @@ def _model_legend(extra: list[Patch] = ()) -> list[Patch]:
             Patch(color=COLORS["grassmann"], label="Grassmann"), *extra]
 
 
-def _published_panels(published: list[Config]) -> list[tuple[str, str, tuple]]:
-    """(task, quantity, setting) per panel: the paper's tables first, then reproduction-only settings."""
-    panels = []
-    for task in TASK_TITLES:
-        for setting in _ordered_settings([c for c in published if c.key.task == task]):
-            configs = [c for c in published if c.key.task == task and c.key.setting() == setting]
-            panels += [(task, q, setting) for q in ("best_val", "test")
-                       if any(c.stat(q).n for c in configs) and (q == "best_val" or task == "snli")]
-    return sorted(panels, key=lambda p: p[2] not in PAPER_TABLES)
+def _snli_table_rows(published: list[Config]) -> list[list[str]]:
+    """One row per SNLI source and variant (a README revision, a paper table):
+    source, variant, mode, then validation and test accuracy of each model ("—" where not reported)."""
+    rows: dict[tuple, dict[str, Config]] = {}
+    for c in published:
+        if c.key.task == "snli":
+            rows.setdefault((c.source_label, c.key.tag, c.key.snli_mode or "—"), {})[c.key.model] = c
+
+    def cell(config: Config | None, quantity: str) -> str:
+        stat = config.stat(quantity) if config else None
+        return f"{100 * stat.mean:.2f}%" if stat and stat.n else "—"
+
+    return [[source, variant or "—", mode] + [cell(models.get(m), q) for m in ("transformer", "grassmann")
+                                               for q in ("best_val", "test")]
+            for (source, variant, mode), models in sorted(rows.items(), key=lambda r: (r[0][2], r[0][0] != "Paper"))]
 
 
 def plot_published(published: list[Config], out_dir: Path) -> list[Path]:
-    """`published_numbers`: every published setting, paper and reproductions side by side."""
-    panels = _published_panels(published)
-    ncols = 4
-    nrows = math.ceil((len(panels) + 1) / ncols)  # one cell more for the legend
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
-    for ax, (task, quantity, setting) in zip(axes.flat, panels):
-        configs = [c for c in published if c.key.task == task and c.key.setting() == setting]
-        _draw_panel(ax, task, quantity, configs)
+    """`published_numbers`: WikiText-2 best validation PPL per setting (bars, one pair per
+    source and variant), the paper's tables first; SNLI as a table, one row per source and
+    variant, since its rows mix DistilBERT heads, from-scratch models and README revisions."""
+    wiki = [c for c in published if c.key.task == "wikitext"]
+    settings = sorted(_ordered_settings(wiki), key=lambda s: s not in PAPER_TABLES)
+    snli = _snli_table_rows(published)
+    width = max(_panel_width([c for c in wiki if c.key.setting() == s]) for s in settings)
+    wiki_rows = math.ceil(len(settings) / 2)
+    table_h = 0.9 + 0.28 * len(snli)
+    fig = plt.figure(figsize=(2 * width, 4.2 * wiki_rows + table_h + 0.8))
+    grid = fig.add_gridspec(wiki_rows + 1, 2, height_ratios=[4.2] * wiki_rows + [table_h])
+    for i, setting in enumerate(settings):
+        ax = fig.add_subplot(grid[i // 2, i % 2])
+        _draw_panel(ax, "wikitext", "best_val", [c for c in wiki if c.key.setting() == setting])
         table = PAPER_TABLES.get(setting)
-        ax.set_title(_setting_title(task, setting) + (f" (paper {table})" if table else " (reproductions only)"),
-                     fontsize=9)
-        ax.set_ylabel(QUANTITY_TITLES[(task, quantity)], fontsize=8)
-    spare = list(axes.flat)[len(panels):]
-    for ax in spare:
-        ax.axis("off")
-    spare[0].legend(handles=_model_legend(), loc="center", fontsize=9,
-                    title="single reported runs\n(no seeds or error bars published)", title_fontsize=8)
+        ax.set_title(f"WikiText-2, {_setting_title('wikitext', setting)}"
+                     + (f" (paper {table})" if table else " (reproductions only)"), fontsize=9)
+        ax.set_ylabel(QUANTITY_TITLES[("wikitext", "best_val")], fontsize=8)
+        if i == 0:
+            ax.legend(handles=_model_legend(), fontsize=8, loc="upper left",
+                      title="single reported runs (no seeds or error bars)", title_fontsize=7)
+    ax = fig.add_subplot(grid[wiki_rows, :])
+    ax.axis("off")
+    if snli:
+        header = ["source", "variant", "SNLI mode", "Transformer val", "Transformer test",
+                  "Grassmann val", "Grassmann test"]
+        cells = ax.table(cellText=snli, colLabels=header, loc="upper center", cellLoc="center")
+        cells.auto_set_font_size(False)
+        cells.set_fontsize(8)
+        cells.auto_set_column_width(list(range(len(header))))
+        ax.set_title("SNLI accuracy (single reported runs; the paper's Table 3 uses DistilBERT heads)", fontsize=9)
     fig.suptitle("Published numbers: the paper's Tables 1-3 and the public reproductions "
                  "(results/reference/published.json)", fontsize=11)
     fig.tight_layout()
@@ -258,7 +286,8 @@ def plot_task_results(summary: TaskSummary, out_dir: Path) -> list[Path]:
     panels = [p for p in _our_panels(summary) if any(c.included_runs for c in p[2])]
     if not panels:  # no run finished: nothing to draw
         return []
-    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.6 * len(panels) + 0.8), squeeze=False)
+    width = max(_panel_width(configs) for _, _, configs in panels)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(2 * width, 4.6 * len(panels) + 0.8), squeeze=False)
     for row, (name, setting, configs) in enumerate(panels):
         for col, quantity in enumerate(("best_val", "test")):
             ax = axes[row][col]
@@ -307,7 +336,9 @@ def plot_curves(summary: TaskSummary, out_dir: Path) -> list[Path]:
         return []
     val_key, val_scale, val_title = (("val_loss", 1.0, "validation loss") if task == "wikitext"
                                      else ("val_acc", 100.0, "validation accuracy (%)"))
-    fig, axes = plt.subplots(len(panels), 3, figsize=(18, 4.8 * len(panels)), squeeze=False)
+    width = max(_panel_width(configs) for _, _, configs in panels)
+    fig, axes = plt.subplots(len(panels), 3, figsize=(12 + width, 4.8 * len(panels)), squeeze=False,
+                             gridspec_kw={"width_ratios": (6, 6, width)})
     for row, (name, setting, panel) in enumerate(panels):
         variants = sorted({(c.key.label, c.key.preset or "", c.key.tag) for c in panel})
         for col, (key, scale, ylabel) in enumerate((("train_loss", 1.0, "training loss (epoch mean)"),

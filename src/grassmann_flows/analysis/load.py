@@ -52,6 +52,9 @@ _TIMESTAMP_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 # Model settings that a preset sets for the Transformer and the Grassmann model alike; a
 # preset that changes them (preln_all_offsets: FFN dropout 0.1) trains its own Transformer.
 SHARED_MODEL_FIELDS = ("dropout", "ffn_dropout", "init")
+# What a field's absence from an older config.json meant: before ffn_dropout existed the FFN
+# had no dropout on its hidden activations, so such runs pool with ffn_dropout = 0.0 runs.
+SHARED_MODEL_DEFAULTS = {"ffn_dropout": 0.0}
 
 
 class ResultsError(RuntimeError):
@@ -177,7 +180,7 @@ class Run:
         model = self.config.get("model")
         if not isinstance(model, dict):
             return None
-        return tuple(model.get(k) for k in SHARED_MODEL_FIELDS)
+        return tuple(model.get(k, SHARED_MODEL_DEFAULTS.get(k)) for k in SHARED_MODEL_FIELDS)
 
     @property
     def recency(self) -> tuple:
