@@ -395,8 +395,9 @@ def summarize(runs: list[Run], published: list[Config]) -> dict[str, TaskSummary
 
 # Figures of `figures.py` (stem -> alt text), referenced from the blog.
 FIGURES = {
-    "published_numbers": "Published best validation perplexities and SNLI accuracies: the paper's "
-                         "Tables 1-3 beside the public reproductions, one panel per table setting",
+    "published_numbers": "Published WikiText-2 best validation perplexities, the paper's Tables 1-2 "
+                         "beside the public reproductions, one panel per setting; SNLI accuracies as a "
+                         "table, one row per source and variant",
     "param_breakdown": "Parameter count per component of TransformerLM and GrassmannLM at the "
                        "paper's two settings (N=6, L=128 and N=12, L=256), stacked bars",
     "wikitext_results": "WikiText-2 best validation and test perplexity of our runs per "
