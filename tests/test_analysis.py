@@ -719,3 +719,30 @@ def test_snli_test_number_comes_from_eval_test_json(mixed: Path) -> None:
     assert configs["transformer"]["test"]["values"] == [0.6822]  # results.json has no test at all
     assert all(c["test_sources"] == ["eval_test.json"] for c in configs.values())
     assert "| 70.11% | eval_test.json |" in markdown
+
+
+def _script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summaries_and_figures_default_to_git_ignored_folders(sweep: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Analysis never writes into the runs it reads, nor into a tracked folder by default."""
+    for folder in (load.ANALYSIS_DIR, load.FIGURES_DIR):
+        probe = folder.relative_to(REPO) / "probe.png"
+        assert subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(probe)]).returncode == 0, folder
+    analyze, visualize = _script_module("analyze_best_results"), _script_module("visualize_results")
+    monkeypatch.setattr(analyze, "ANALYSIS_DIR", tmp_path / "analysis")
+    monkeypatch.setattr(visualize, "FIGURES_DIR", tmp_path / "figures")
+    before = sorted(p for p in sweep.rglob("*"))
+    assert analyze.main([str(sweep)]) == 0 and (tmp_path / "analysis" / "best_results_summary.json").is_file()
+    assert visualize.main([str(sweep)]) == 0 and (tmp_path / "figures" / "wikitext_curves.png").is_file()
+    assert sorted(p for p in sweep.rglob("*")) == before
+
+
+def test_blog_images_take_no_output_dir(sweep: Path) -> None:
+    proc = _run_script("visualize_results.py", str(sweep), "--blog-images")
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")

@@ -28,11 +28,10 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .bench import load_bench, mixer_ratios, model_ratios  # noqa: E402
 from .load import OURS, REPO_ROOT, ResultsError, Run, run_facts  # noqa: E402
-from .summary import OUR_SECTIONS, Config, TaskSummary, pair_configs  # noqa: E402
+from .summary import OUR_SECTIONS, TASK_TITLES, Config, TaskSummary, pair_configs  # noqa: E402
 
 COLORS = {"transformer": "#4C72B0", "grassmann": "#DD8452"}
 LINESTYLES = ("-", "--", ":", "-.")
-TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
 QUANTITY_TITLES = {
     ("wikitext", "best_val"): "best validation PPL (lower is better)",
     ("wikitext", "test"): "test PPL at the best-validation checkpoint",

@@ -296,6 +296,7 @@ def pair_configs(configs: list[Config]) -> list[Gap]:
 # --------------------------------------------------------------------------- summary
 
 
+TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
 SECTION_TITLES = {
     "paper_comparison": "Paper comparison (full corpus)",
     "reduced_corpus": "Reduced-corpus results (not comparable with the paper)",

@@ -11,10 +11,9 @@ from pathlib import Path
 from .bench import bench_markdown
 from .load import Run, display_path, run_facts
 from .stats import Stat
-from .summary import FIGURES, SECTION_TITLES, Config, Gap, TaskSummary
+from .summary import FIGURES, SECTION_TITLES, TASK_TITLES, Config, Gap, TaskSummary
 
 SUMMARY_NAME = "best_results_summary.json"
-TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
 BLOG_BEGIN, BLOG_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
