@@ -746,3 +746,32 @@ def test_summaries_and_figures_default_to_git_ignored_folders(sweep: Path, tmp_p
 def test_blog_images_take_no_output_dir(sweep: Path) -> None:
     proc = _run_script("visualize_results.py", str(sweep), "--blog-images")
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
+
+
+def test_full_corpus_runs_of_another_size_are_not_set_against_the_paper(mixed: Path) -> None:
+    for path in mixed.rglob("results.json"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(data, corpus="full", seq_len=128, n_layers=6)))
+    _, summary = _analyze(mixed)
+    sections = summary["tasks"]["wikitext"]["sections"]
+    assert {tuple(c["width"]) for c in sections["other_width"]["configs"]} == {(128, 512, 4, 32), (128, 512, 4, None)}
+    # (the run cut before its first step has no config.json, so no known size)
+    ours = [c for c in sections["paper_comparison"]["configs"] if c["source"] == "ours" and c["width"]]
+    assert ours and all(c["width"][:3] == [256, 1024, 4] for c in ours)
+    assert not any(g["source"] != "ours" for g in sections["other_width"]["gaps"])
+
+
+def test_published_snli_rows_of_one_source_are_told_apart_by_variant(tmp_path: Path) -> None:
+    from grassmann_flows.analysis.figures import _snli_table_rows
+
+    doc = json.loads((REPO / "results" / "reference" / "published.json").read_text())
+    source = next(iter(doc["sources"]))
+    row = {"source": source, "task": "snli", "model": "grassmann", "snli_mode": "scratch", "notes": ""}
+    doc["rows"] = [dict(row, variant="README revision A", metrics={"test_acc": 0.66}),
+                   dict(row, variant="README revision B", metrics={"test_acc": 0.71})]
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps(doc))
+    rows = _snli_table_rows(_summary.load_published(path))
+    label = doc["sources"][source]["label"]
+    assert [r[:3] + r[-1:] for r in rows] == [[label, "README revision A", "scratch", "66.00%"],
+                                              [label, "README revision B", "scratch", "71.00%"]]

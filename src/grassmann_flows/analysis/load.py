@@ -308,20 +308,20 @@ class ConfigKey:
     @property
     def section(self) -> str:
         """The report section of one of our configurations: "quick" (smoke runs),
-        "reduced_corpus" (not the official splits), "other_width" (full corpus, a model size
-        other than the paper's) or "paper_comparison"."""
+        "reduced_corpus" (not the official splits), "other_width" (full corpus, a d_model,
+        d_ff, n_heads or reduced_dim other than the paper's) or "paper_comparison"."""
         if self.quick:
             return "quick"
         if self.corpus != COMPARABLE_CORPUS:
             return "reduced_corpus"
-        if self.width is not None and self.width[0] != PAPER_WIDTH[0]:
+        if self.width_label:
             return "other_width"
         return "paper_comparison"
 
     @property
     def comparable(self) -> bool:
         """Whether the numbers may be set against the paper: official splits, the paper's
-        d_model, not a smoke run (published rows always are)."""
+        model size, not a smoke run (published rows always are)."""
         return self.source != OURS or self.section == "paper_comparison"
 
     @property
