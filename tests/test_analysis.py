@@ -775,3 +775,19 @@ def test_published_snli_rows_of_one_source_are_told_apart_by_variant(tmp_path: P
     label = doc["sources"][source]["label"]
     assert [r[:3] + r[-1:] for r in rows] == [[label, "README revision A", "scratch", "66.00%"],
                                               [label, "README revision B", "scratch", "71.00%"]]
+
+
+def test_lr_choice_compares_common_seeds_and_keeps_seedless_runs() -> None:
+    """Old runs without a seed count as one seed of their own; seed 1 exists only at 6e-4."""
+    def run(lr: float, seed: int | None, ppl: float) -> load.Run:
+        data = {"task": "wikitext", "model": "grassmann", "best_val_ppl": ppl, "run_name": f"lr{lr}_s{seed}"}
+        return load.Run(Path(f"/runs/{lr}/{seed}/results.json"), {**data, **({} if seed is None else {"seed": seed})},
+                        {"train": {"lr": lr}})
+
+    runs = [run(1e-3, None, 10.0), run(1e-3, 0, 12.0), run(6e-4, None, 11.0), run(6e-4, 0, 13.0), run(6e-4, 1, 1.0)]
+    [chosen] = _summary.select_lr(_summary.group_runs(runs))
+    # On the common seeds (none, 0) the means are 12.0 (6e-4) and 11.0 (1e-3): 1e-3 wins, although
+    # 6e-4's mean over its own three seeds (8.33) is lower.
+    assert chosen.lr_seeds == [None, 0]
+    assert [(lr, stat.values) for lr, stat in chosen.lr_candidates] == [(6e-4, (11.0, 13.0)), (1e-3, (10.0, 12.0))]
+    assert chosen.key.lr == 1e-3 and chosen.stat("best_val").n == 2

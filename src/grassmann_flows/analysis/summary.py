@@ -134,12 +134,12 @@ def group_runs(runs: list[Run]) -> list[Config]:
 def _validation_table(group: list[Config]) -> pd.DataFrame:
     """Best validation of the completed runs of `group`: one row per seed, one column per
     configuration of `group` (by position: its lr may be None)."""
-    rows = [{"seed": r.seed, "candidate": i, "best_val": r.best_val}
+    # Runs without a seed (very old schemas) share the row "none", which no other seed equals
+    # (pandas would turn a None seed into NaN and drop its row).
+    rows = [{"seed": "none" if r.seed is None else r.seed, "candidate": i, "best_val": r.best_val}
             for i, c in enumerate(group) for r in c.included_runs
             if r.best_val is not None and math.isfinite(r.best_val)]
-    table = pd.DataFrame(rows, columns=["seed", "candidate", "best_val"])
-    # Runs without a seed (very old schemas) share one row that no other seed equals.
-    table["seed"] = table["seed"].map(lambda seed: "none" if seed is None else seed).astype(object)
+    table = pd.DataFrame(rows, columns=["seed", "candidate", "best_val"]).astype({"seed": object})
     return table.pivot_table(index="seed", columns="candidate", values="best_val", sort=False)
 
 
@@ -167,7 +167,8 @@ def select_lr(configs: list[Config]) -> list[Config]:
         else:
             best = group[means.idxmax() if group[0].key.task == "snli" else means.idxmin()]
         if len(group) > 1:
-            best.lr_seeds = sorted(common.index, key=order_key) if len(common) else None
+            seeds = (None if seed == "none" else seed for seed in common.index)
+            best.lr_seeds = sorted(seeds, key=order_key) if len(common) else None
             best.lr_candidates = [(c.key.lr, make_stat(compared[i] if i in compared else []))
                                   for i, c in enumerate(group)]
         chosen.append(best)
