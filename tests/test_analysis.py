@@ -791,3 +791,12 @@ def test_lr_choice_compares_common_seeds_and_keeps_seedless_runs() -> None:
     assert chosen.lr_seeds == [None, 0]
     assert [(lr, stat.values) for lr, stat in chosen.lr_candidates] == [(6e-4, (11.0, 13.0)), (1e-3, (10.0, 12.0))]
     assert chosen.key.lr == 1e-3 and chosen.stat("best_val").n == 2
+
+
+def test_wikitext_test_number_is_eval_test_json_blocks_ppl() -> None:
+    data = {"task": "wikitext", "model": "grassmann", "test": {"loss": 5.0, "ppl": 148.4}}
+    evaluated = load.Run(Path("/r/results.json"), data, {}, {"split": "test", "blocks": {"ppl": 150.2},
+                                                             "sliding": {"ppl": 120.0}})
+    assert (evaluated.test, evaluated.test_source) == (150.2, "eval_test.json")
+    assert (load.Run(Path("/r/results.json"), data).test, load.Run(Path("/r/results.json"), data).test_source) == \
+        (148.4, "results.json")
