@@ -1,32 +1,36 @@
 #!/usr/bin/env python
-"""Tabulate the best validation results of a sweep against the paper and public reproductions.
+"""Tabulate the best validation results of runs against the paper and public reproductions.
 
 Usage:
-    python scripts/analyze_best_results.py [OUTPUT_DIR] [--published PATH]
+    python scripts/analyze_best_results.py [OUTPUT_DIR] [--published PATH] [--out DIR]
     python scripts/analyze_best_results.py --blog blog.md [OUTPUT_DIR]
 
-OUTPUT_DIR defaults to the newest timestamped directory under `outputs/`. Every
-`results.json` below it is read (with the `config.json` beside it). The script prints
-markdown tables per task (WikiText-2, SNLI) and writes `best_results_summary.json` into
-OUTPUT_DIR.
+OUTPUT_DIR defaults to all of `outputs/`: every `results.json` below it is read (with the
+`config.json` and `eval_test.json` beside it), whatever the schema, status or kind of run.
+The script prints markdown tables per task (WikiText-2, SNLI) and writes
+`best_results_summary.json` into --out (default `outputs/analysis/`, which git ignores),
+never into the run directories.
 
 With --blog FILE it instead rewrites the text between `<!-- results:begin -->` and
 `<!-- results:end -->` in FILE from every run under `outputs/` that git tracks (`git add`
 new runs first), or every run under OUTPUT_DIR, and the GPU benchmark JSON under
-`results/bench/`; nothing else in FILE changes, and running it twice changes nothing.
+`results/bench/`; QUICK smoke runs are left out; nothing else in FILE changes, and running
+it twice changes nothing.
 
 * One run per (configuration, seed): reruns and resumed copies are dropped (newest
   finished copy kept) and listed on stderr.
-* Each model's learning rate is chosen on validation (mean over seeds); test numbers
-  are those of the chosen lr's seeds. The tables show the lr chosen.
-* Configurations are summarised over seeds as mean ± sample std; runs that did not
-  complete (diverged, interrupted) are listed and kept out of the means.
+* Each model's learning rate is chosen on validation, on the seeds every lr has; test
+  numbers are those of the chosen lr's seeds, from eval_test.json where a run has one.
+* Configurations (which include the model size) are summarised over seeds as mean ±
+  sample std; runs that did not complete (diverged, interrupted) are listed and kept out
+  of the means.
 * The Grassmann/Transformer gaps (G-paper vs T-preLN, G-paper vs T-postLN, G-no-extra
   vs T, ...) come with a Welch 95% confidence interval (PPL ratio on the log scale for
-  WikiText-2, accuracy difference for SNLI); see `_results.py`.
-* Only runs on the official splits (corpus "full") appear under "Paper comparison";
-  reduced or custom corpora are reported under "Reduced-corpus results (not comparable
-  with the paper)", without the published numbers beside them.
+  WikiText-2, accuracy difference for SNLI).
+* Only full-corpus runs at the paper's size appear under "Paper comparison"; runs on a
+  reduced corpus, of another size, and QUICK smoke runs each have their own section,
+  without the published numbers beside them.
+The logic lives in `grassmann_flows.analysis`.
 """
 
 from __future__ import annotations
@@ -36,292 +40,44 @@ import json
 import sys
 from pathlib import Path
 
-from _bench import BENCH_DIR, bench_markdown, gpu_bench_files
-from _results import (
-    FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError,
-    Run, Stat, TaskSummary, display_path, json_safe, load_committed_runs, load_published, load_runs,
-    replace_between_markers, resolve_output_dir, run_facts, summarize,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from grassmann_flows.analysis.bench import BENCH_DIR, gpu_bench_files  # noqa: E402
+from grassmann_flows.analysis.load import (  # noqa: E402
+    ANALYSIS_DIR, OUTPUTS_ROOT, PUBLISHED_JSON, ResultsError, display_path, json_safe, load_committed_runs,
+    load_runs, replace_between_markers, resolve_output_dir,
+)
+from grassmann_flows.analysis.summary import load_published, summarize  # noqa: E402
+from grassmann_flows.analysis.tables import (  # noqa: E402
+    BLOG_BEGIN, BLOG_END, SUMMARY_NAME, blog_section, report_markdown, summary_json,
 )
 
-SUMMARY_NAME = "best_results_summary.json"
-TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
-BLOG_BEGIN, BLOG_END = "<!-- results:begin -->", "<!-- results:end -->"
 
-
-def _fmt_value(value: float | None, task: str) -> str:
-    """A PPL with two decimals, an accuracy as a percentage."""
-    if value is None:
-        return "—"
-    return f"{value:.2f}" if task == "wikitext" else f"{100 * value:.2f}%"
-
-
-def _fmt_stat(stat: Stat, task: str) -> str:
-    """"mean ± std" (std over seeds), or the single value."""
-    if stat.n == 0:
-        return "—"
-    if stat.std is None:
-        return _fmt_value(stat.mean, task)
-    spread = f"{stat.std:.2f}" if task == "wikitext" else f"{100 * stat.std:.2f} pp"
-    return f"{_fmt_value(stat.mean, task)} ± {spread}"
-
-
-def _fmt_plain(stat: Stat, digits: int) -> str:
-    """The mean, with `digits` decimals only when it averages several seeds."""
-    return "—" if stat.n == 0 else f"{stat.mean:,.{digits if stat.n > 1 else 0}f}"
-
-
-def _fmt_minutes(stat: Stat) -> str:
-    """Mean training wall-clock in minutes (evaluation excluded)."""
-    return "—" if stat.n == 0 else f"{stat.mean / 60:,.1f} min"
-
-
-def _fmt_lr(lr: float | None) -> str:
-    return "—" if lr is None else f"{lr:g}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def config_table(configs: list[Config], task: str) -> str:
-    """One row per configuration: ours (over seeds, at the chosen lr) and published (single values)."""
-    metric = "PPL" if task == "wikitext" else "acc"
-    header = ["source", "model", "variant", "L", "N", "preset", "tag/variant", "corpus"]
-    header += ["SNLI mode"] if task == "snli" else []
-    header += ["lr (chosen on val)", "params", f"best val {metric}", "seeds", "epochs", "best epoch",
-               f"test {metric} (best ckpt)", "train time", "device", "tokens/s"]
-    rows = []
-    for c in configs:
-        k = c.key
-        row = [c.source_label, k.model, k.label, str(k.seq_len or "—"), str(k.n_layers or "—"),
-               k.preset or "—", k.tag or "—", k.corpus]
-        row += [k.snli_mode or "—"] if task == "snli" else []
-        row += [
-            _fmt_lr(k.lr),
-            f"{c.params_m:.2f}M" if c.params_m else "—",
-            _fmt_stat(c.stat("best_val"), task),
-            "published" if c.n_seeds is None else str(c.n_seeds),
-            _fmt_plain(c.stat("epochs_run"), 1),
-            _fmt_plain(c.stat("best_epoch"), 1),
-            _fmt_stat(c.stat("test"), task),
-            _fmt_minutes(c.stat("train_time_s")),
-            c.devices or "—",
-            _fmt_plain(c.stat("tokens_per_s"), 0),
-        ]
-        rows.append(row)
-    return _table(header, rows)
-
-
-def lr_table(configs: list[Config], task: str) -> str:
-    """The validation means behind each lr choice (only configurations run at several lrs)."""
-    metric = "PPL" if task == "wikitext" else "acc"
-    rows = []
-    for c in configs:
-        for lr, stat in c.lr_candidates:
-            rows.append([c.key.model, c.key.label, str(c.key.seq_len or "—"), str(c.key.n_layers or "—"),
-                         c.key.preset or "—", c.key.tag or "—", _fmt_lr(lr), str(stat.n),
-                         _fmt_stat(stat, task), "**chosen**" if lr == c.key.lr else ""])
-    if not rows:
-        return ""
-    return _table(["model", "variant", "L", "N", "preset", "tag", "lr", "seeds",
-                   f"best val {metric} (mean ± std)", ""], rows)
-
-
-def _fmt_gap(measure: dict | None) -> tuple[str, str]:
-    """(estimate, 95% CI) cells of one gap measure."""
-    if measure is None:
-        return "—", "—"
-    if measure["kind"] == "ratio":
-        estimate = f"{measure['estimate']:.3f}×"
-        ci = measure["ci95"] and f"[{measure['ci95'][0]:.3f}, {measure['ci95'][1]:.3f}]"
-    else:
-        estimate = f"{100 * measure['estimate']:+.2f} pp"
-        ci = measure["ci95"] and f"[{100 * measure['ci95'][0]:+.2f}, {100 * measure['ci95'][1]:+.2f}] pp"
-    if ci:
-        ci += f" (Welch df={measure['df']:.1f})"
-    return estimate, ci or measure["note"]
-
-
-def gap_table(gaps: list[Gap], task: str) -> str:
-    """Grassmann vs Transformer per matched pair, on best validation and on test."""
-    kind = "G/T PPL ratio" if task == "wikitext" else "G − T accuracy"
-    header = ["source", "pairing", "L", "N", "preset", "tag/variant", "corpus", "lr G/T", "seeds G/T",
-              f"best val {kind}", "95% CI", f"test {kind}", "95% CI"]
-    rows = []
-    for gap in gaps:
-        k, t, d = gap.grassmann.key, gap.transformer.key, gap.to_json()
-        seeds = ("published" if gap.grassmann.n_seeds is None
-                 else f"{gap.grassmann.n_seeds}/{gap.transformer.n_seeds}")
-        tag = k.tag if k.tag == t.tag else f"{k.tag or '—'} / {t.tag or '—'}"
-        lrs = "—" if k.lr is None and t.lr is None else f"{_fmt_lr(k.lr)}/{_fmt_lr(t.lr)}"
-        rows.append([gap.grassmann.source_label, gap.pairing, str(k.seq_len or "—"), str(k.n_layers or "—"),
-                     k.preset or "—", tag or "—", k.corpus, lrs, seeds,
-                     *_fmt_gap(d["best_val"]), *_fmt_gap(d["test"])])
-    return _table(header, rows)
-
-
-def runs_table(runs: list[Run], task: str) -> str:
-    """Every run of the task, with the corpus it used and whether it counts."""
-    # Only the data directory's name: the full path belongs to the machine the run was made on.
-    header = ["run", "seed", "lr", "corpus", "data dir", "status", "in means", "best val", "best epoch"]
-    rows = [[r.name, str(r.data.get("seed")), _fmt_lr(r.lr), r.data.get("corpus", "unknown"),
-             Path(str(r.data.get("data_dir", "—"))).name, r.status, "yes" if r.included else "no",
-             _fmt_value(r.best_val, task), str(r.data.get("best_epoch", "—"))]
-            for r in runs]
-    return _table(header, rows)
-
-
-def _section_body(summary: TaskSummary, name: str, configs: list[Config]) -> list[str]:
-    """Configuration table, lr choices and gaps of one section."""
-    task = summary.task
-    out = [config_table(configs, task)]
-    lrs = lr_table(configs, task)
-    if lrs:
-        out += ["Learning rate chosen per model on validation (mean over seeds); test is never looked at:", lrs]
-    gaps = summary.gaps(name)
-    if gaps:
-        out.append(gap_table(gaps, task))
-    return out
-
-
-def _notes(summary: TaskSummary) -> list[str]:
-    """Lines about excluded and dropped runs."""
-    out = []
-    excluded = summary.excluded_runs
-    if excluded:
-        listed = ", ".join(f"{r.name} ({r.status})" for r in excluded)
-        out.append(f"Excluded from all means and gaps: {len(excluded)} run(s) that did not "
-                   f"complete: {listed}.")
-    if summary.dropped:
-        listed = ", ".join(f"`{display_path(d.path.parent)}`" for d, _ in summary.dropped)
-        out.append(f"Dropped as duplicates of a newer copy of the same configuration and seed: {listed}.")
-    return out
-
-
-def task_markdown(summary: TaskSummary) -> str:
-    """The report for one task."""
-    task = summary.task
-    out = [f"## {TASK_TITLES[task]}"]
-    if not summary.runs:
-        out.append("No runs for this task in this directory.")
-    for name, configs in summary.sections.items():
-        if not configs:
-            continue
-        out.append(f"### {SECTION_TITLES[name]}")
-        if name == "published_reference" and summary.runs:
-            out.append("Published single numbers at settings with no full-corpus run of ours; "
-                       "not a comparison with the runs above.")
-        out += _section_body(summary, name, configs)
-    if summary.runs:
-        out.append("### Runs")
-        out.append(runs_table(summary.runs, task))
-        out += _notes(summary)
-    return "\n\n".join(out)
-
-
-def report_markdown(output_dir: Path, runs: list[Run], summaries: dict[str, TaskSummary]) -> str:
-    corpora = sorted({r.data.get("corpus", "unknown") for r in runs})
-    head = [
-        f"# Best results: `{display_path(output_dir)}`",
-        f"{len(runs)} run(s); corpora used: {', '.join(corpora)}. Only corpus \"full\" (the "
-        "official splits) is compared with the paper.",
-        "Our rows: mean ± sample std (n−1) over completed seeds, at the lr chosen on validation. "
-        "Gaps: WikiText-2 ratio exp(mean log PPL_G − mean log PPL_T) (ratio of geometric means) "
-        "with Welch's 95% t interval on log PPL; SNLI difference of mean accuracies with Welch's "
-        "95% t interval; no interval with one seed. Published rows are single reported runs. "
-        "Train time: training wall-clock per run, evaluation excluded.",
-    ]
-    return "\n\n".join(head + [task_markdown(s) for s in summaries.values()]) + "\n"
-
-
-def summary_json(output_dir: Path, published_path: Path, runs: list[Run],
-                 summaries: dict[str, TaskSummary]) -> dict:
-    return {
-        "schema_version": 2,
-        "generated_by": "scripts/analyze_best_results.py",
-        "output_dir": display_path(output_dir),
-        "published_file": display_path(published_path),
-        "statistics": {
-            "center": "mean over completed seeds",
-            "spread": "sample standard deviation (ddof=1); null with one seed",
-            "gap_ci": "Welch t interval, 95%, t quantile from the regularised incomplete beta; "
-                      "WikiText-2 on log PPL then exponentiated (ratio of geometric means); "
-                      "SNLI on accuracy; null with fewer than two seeds per side",
-            "excluded": "runs whose status is not 'completed' are kept out of all statistics",
-            "duplicates": "one run per (configuration, seed): the newest completed copy",
-            "lr": "per model configuration, the lr with the best mean validation over seeds; "
-                  "test reported at that lr from its own seeds",
-        },
-        "runs": [{
-            "run_name": r.name, "path": display_path(r.path.parent), "task": r.task,
-            "model": r.data["model"], "seq_len": r.data.get("seq_len"),
-            "n_layers": r.data.get("n_layers"), "preset": r.data.get("preset"),
-            "tag": r.data.get("tag") or "", "seed": r.data.get("seed"), "lr": r.lr,
-            "block": r.block, "extra_proj": r.extra_proj,
-            "corpus": r.data.get("corpus", "unknown"), "snli_mode": r.data.get("snli_mode"),
-            "status": r.status, "included": r.included, "best_val": r.best_val,
-            "best_epoch": r.data.get("best_epoch"), "test": r.test,
-            "train_time_s": r.data.get("train_time_s"),
-        } for r in runs],
-        "tasks": {task: s.to_json() for task, s in summaries.items()},
-    }
-
-
-# --------------------------------------------------------------------------- blog section
-
-
-def _run_dirs(runs: list[Run]) -> str:
-    """The sweep directories the runs come from, as code spans."""
-    return ", ".join(f"`{d}/`" for d in sorted({display_path(r.path.parent.parent) for r in runs}))
-
-
-def _what_ran(configs: list[Config]) -> str:
-    """One line on how the runs were made: epochs, seeds, devices (from the runs themselves)."""
-    facts = run_facts([r for c in configs for r in c.included_runs])
-    return (f"Epochs run: {', '.join(map(str, facts['epochs']))}; seeds: {', '.join(map(str, facts['seeds']))}; "
-            f"device: {', '.join(facts['devices'])}.")
-
-
-def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files: list[Path],
-                 source: str) -> str:
-    """The generated results section of the blog (without the markers)."""
-    command = "`python scripts/analyze_best_results.py --blog blog.md`"
-    out = [f"*Generated by {command} from {source}; edit the script, not this section.*"]
-    if not runs:
-        out.append(f"No training run has been committed under `outputs/` yet; after "
-                   f"`./speedrun.sh all wikitext`, {command} fills this section.")
-    else:
-        out.append(f"Runs read: {len(runs)}, from {_run_dirs(runs)}.")
-    for task, summary in summaries.items():
-        sections = {n: c for n, c in summary.sections.items() if n != "published_reference" and c}
-        if not sections:
-            continue
-        out.append(f"### {TASK_TITLES[task]}")
-        for name, configs in sections.items():
-            title = SECTION_TITLES[name]
-            if name == "reduced_corpus":
-                title += ": the stand-in corpus, a different and much smaller training set"
-            out.append(f"#### {title}")
-            out.append(_what_ran(configs))
-            out += _section_body(summary, name, configs)
-        out += _notes(summary)
-        for stem in (f"{task}_results", f"{task}_curves"):
-            out.append(f"![{FIGURES[stem]}](images/{stem}.png)")
-    if bench_files:
-        out.append("### Speed (GPU benchmark)")
-        out += [bench_markdown(path) for path in bench_files]
-        out.append(f"![{FIGURES['speed_ratios']}](images/speed_ratios.png)")
-    return "\n\n".join(out)
+def _blog(args: argparse.Namespace, published: list) -> int:
+    """--blog: rewrite the results section of the blog from committed runs (or OUTPUT_DIR)."""
+    root = Path(args.output_dir) if args.output_dir else OUTPUTS_ROOT
+    if args.output_dir is not None and not root.is_dir():
+        raise ResultsError(f"output directory not found: {root}")
+    runs = load_runs(root, allow_empty=True) if args.output_dir else load_committed_runs(root)
+    quick = [r for r in runs if r.quick]
+    if quick:
+        print(f"left {len(quick)} QUICK smoke run(s) out of the blog", file=sys.stderr)
+    runs = [r for r in runs if not r.quick]
+    source = f"`{display_path(root)}/`" + (" and `results/bench/`" if args.bench_dir == BENCH_DIR else "")
+    section = blog_section(runs, summarize(runs, published), gpu_bench_files(args.bench_dir), source)
+    changed = replace_between_markers(args.blog, BLOG_BEGIN, BLOG_END, section)
+    print(f"{'rewrote' if changed else 'unchanged:'} results section of {args.blog}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", nargs="?",
-                        help="sweep directory (default: newest under outputs/; with --blog, all of outputs/)")
+                        help="runs to read (default: all of outputs/; with --blog, the runs git tracks there)")
     parser.add_argument("--published", type=Path, default=PUBLISHED_JSON,
                         help="published reference numbers (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ANALYSIS_DIR,
+                        help=f"directory for {SUMMARY_NAME} (default: outputs/analysis/, git-ignored)")
     parser.add_argument("--blog", type=Path, help="rewrite the results section of this markdown file")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR,
                         help="with --blog: benchmark JSON directory (default: results/bench/)")
@@ -329,15 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         published = load_published(args.published)
         if args.blog is not None:
-            root = Path(args.output_dir) if args.output_dir else OUTPUTS_ROOT
-            if args.output_dir is not None and not root.is_dir():
-                raise ResultsError(f"output directory not found: {root}")
-            runs = load_runs(root, allow_empty=True) if args.output_dir else load_committed_runs(root)
-            source = f"`{display_path(root)}/`" + (" and `results/bench/`" if args.bench_dir == BENCH_DIR else "")
-            section = blog_section(runs, summarize(runs, published), gpu_bench_files(args.bench_dir), source)
-            changed = replace_between_markers(args.blog, BLOG_BEGIN, BLOG_END, section)
-            print(f"{'rewrote' if changed else 'unchanged:'} results section of {args.blog}", file=sys.stderr)
-            return 0
+            return _blog(args, published)
         output_dir = resolve_output_dir(args.output_dir)
         runs = load_runs(output_dir)
     except ResultsError as err:
@@ -345,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summaries = summarize(runs, published)
     print(report_markdown(output_dir, runs, summaries))
-    path = output_dir / SUMMARY_NAME
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / SUMMARY_NAME
     summary = json_safe(summary_json(output_dir, args.published, runs, summaries))
     path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}", file=sys.stderr)  # stderr, so stdout stays pure markdown

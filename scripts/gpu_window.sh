@@ -124,7 +124,7 @@ step_analysis() {  # with RESUME=1 the continued runs live in earlier windows' d
   local runs="$OUT"
   if [ "${RESUME:-0}" = 1 ]; then runs="${OUT_ROOT:-outputs}"; fi
   local bench=() rc=0
-  "$PYTHON" scripts/analyze_best_results.py "$runs" > "$OUT/analysis.md" || rc=$?
+  "$PYTHON" scripts/analyze_best_results.py "$runs" --out "$OUT" > "$OUT/analysis.md" || rc=$?
   cat "$OUT/analysis.md"
   # the benchmark's parts (mixer, eager, compiled) are read as one
   if ls "$BENCH_OUT"/*/*.json >/dev/null 2>&1; then bench=(--bench "$BENCH_OUT"); fi

@@ -30,12 +30,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from _results import (
-    PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, TaskSummary, display_path, json_safe,
-    load_published, load_runs, replace_between_markers, run_facts, summarize,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from grassmann_flows.analysis.bench import load_bench  # noqa: E402
+from grassmann_flows.analysis.load import (  # noqa: E402
+    PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, display_path, json_safe, load_runs, replace_between_markers,
+    run_facts,
 )
-from _bench import load_bench
-from analyze_best_results import _fmt_gap, report_markdown, summary_json
+from grassmann_flows.analysis.summary import OUR_SECTIONS, TaskSummary, load_published, summarize  # noqa: E402
+from grassmann_flows.analysis.tables import fmt_gap, report_markdown, summary_json  # noqa: E402
 
 RECORDS_DIR = REPO_ROOT / "results" / "records"
 README = REPO_ROOT / "README.md"
@@ -80,7 +83,7 @@ def headline(summaries: dict[str, TaskSummary]) -> list[dict]:
     """Every gap of our runs (best validation), for the records table."""
     out = []
     for task, summary in summaries.items():
-        for section in ("paper_comparison", "reduced_corpus"):
+        for section in OUR_SECTIONS:
             for gap in summary.gaps(section):
                 if gap.grassmann.published is None:
                     d = gap.to_json()
@@ -144,7 +147,7 @@ def index_table(records_dir: Path, readme: Path) -> str:
         inside = path.resolve().is_relative_to(REPO_ROOT)
         link = display_path(path) if inside else os.path.relpath(path, readme.parent)
         gaps = "; ".join(f"{g['task']} L={g['seq_len']} N={g['n_layers']} {g['pairing']}: "
-                         f"{', '.join(_fmt_gap(g['best_val']))} (seeds G/T {g['seeds']})"
+                         f"{', '.join(fmt_gap(g['best_val']))} (seeds G/T {g['seeds']})"
                          for g in meta["headline"]) or "—"
         rows.append(f"| [{path.name}]({link}/) | {meta['label']} | {meta['n_runs']} | {gaps} |")
     return "\n".join(rows)

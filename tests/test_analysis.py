@@ -1,5 +1,6 @@
-"""Tests of scripts/analyze_best_results.py, scripts/visualize_results.py and their shared
-statistics, on the synthetic fixture sweep in tests/fixtures/results/ (not real results)."""
+"""Tests of grassmann_flows.analysis and its entry points (scripts/analyze_best_results.py,
+scripts/visualize_results.py, scripts/make_record.py), on the synthetic fixture sweeps in
+tests/fixtures/results/ (not real results)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 FIXTURE = REPO / "tests" / "fixtures" / "results" / "synthetic_output"
-sys.path.insert(0, str(SCRIPTS))
+MIXED = FIXTURE.parent / "mixed_output"  # every kind of run side by side (make_mixed_fixture)
 
-import _results  # noqa: E402
-import _stats  # noqa: E402
+from grassmann_flows.analysis import bench as _bench  # noqa: E402
+from grassmann_flows.analysis import load, summary as _summary  # noqa: E402
+from grassmann_flows.analysis import stats as _stats  # noqa: E402
 
 PAPER_HEADING = "### Paper comparison (full corpus)"
 REDUCED_HEADING = "### Reduced-corpus results (not comparable with the paper)"
@@ -42,9 +44,12 @@ def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _analyze(sweep: Path) -> tuple[str, dict]:
-    proc = _run_script("analyze_best_results.py", str(sweep))
+    """The report and the summary JSON of `sweep` (written beside it, never into it)."""
+    out = sweep.parent / "analysis"
+    proc = _run_script("analyze_best_results.py", str(sweep), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout, json.loads((sweep / "best_results_summary.json").read_text())
+    assert not list(sweep.rglob("best_results_summary.json"))
+    return proc.stdout, json.loads((out / "best_results_summary.json").read_text())
 
 
 def _section(markdown: str, heading: str) -> str:
@@ -80,14 +85,15 @@ def test_welch_interval_known_case() -> None:
     assert (interval.low, interval.high) == pytest.approx((-1 - half, -1 + half), abs=1e-5)
 
 
-def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
-    regenerated = _load_make_fixture().make_fixture(tmp_path / "fresh")
-    # No stale runs in the committed copy (a summary written there by hand is tolerated).
-    assert sorted(p.relative_to(FIXTURE) for p in FIXTURE.rglob("results.json")) == \
-        sorted(p.relative_to(regenerated) for p in regenerated.rglob("results.json"))
+@pytest.mark.parametrize("maker, committed", [("make_fixture", FIXTURE), ("make_mixed_fixture", MIXED)])
+def test_fixture_is_what_the_generator_writes(tmp_path: Path, maker: str, committed: Path) -> None:
+    regenerated = getattr(_load_make_fixture(), maker)(tmp_path / "fresh")
+    # No stale files in the committed copy.
+    assert sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(regenerated) for p in regenerated.rglob("*") if p.is_file())
     for path in (p for p in regenerated.rglob("*") if p.is_file()):
         rel = path.relative_to(regenerated)
-        assert (FIXTURE / rel).read_text() == path.read_text(), rel
+        assert (committed / rel).read_text() == path.read_text(), rel
 
 
 # --------------------------------------------------------------------------- analyser
@@ -118,15 +124,27 @@ def _independent_groups(sweep: Path) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _chosen(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
-    """Per variant without lr, the runs of the lr with the best mean validation."""
+def _by_model(groups: dict[tuple, list[dict]]) -> dict[tuple, dict[float, list[dict]]]:
+    """Per variant without lr: {lr: runs}."""
     by_model: dict[tuple, dict[float, list[dict]]] = defaultdict(dict)
     for key, runs in groups.items():
         by_model[key[:3] + key[4:]][key[3]] = runs
+    return by_model
+
+
+def _on_common_seeds(by_lr: dict[float, list[dict]]) -> dict[float, list[dict]]:
+    """Each lr's runs on the seeds that every lr has (all runs when they share none)."""
+    common = set.intersection(*({r["seed"] for r in runs} for runs in by_lr.values()))
+    return {lr: [r for r in runs if r["seed"] in common] for lr, runs in by_lr.items()} if common else by_lr
+
+
+def _chosen(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """Per variant without lr, the runs of the lr with the best mean validation on common seeds."""
     out = {}
-    for key, by_lr in by_model.items():
+    for key, by_lr in _by_model(groups).items():
         metric, sign = ("best_val_ppl", 1) if key[0] == "wikitext" else ("best_val_acc", -1)
-        lr = min(by_lr, key=lambda lr: sign * np.mean([r[metric] for r in by_lr[lr]]))
+        compared = _on_common_seeds(by_lr)
+        lr = min(by_lr, key=lambda lr: sign * np.mean([r[metric] for r in compared[lr]]))
         out[key[:3] + (lr,) + key[3:]] = by_lr[lr]
     return out
 
@@ -222,42 +240,42 @@ def test_one_transformer_pairs_with_every_preset_that_trains_it() -> None:
     shared = {"paper": plain, "preln_per_layer": plain, "preln_all_offsets": ffn_drop}
 
     def config(model: str, preset: str | None, block: str | None = None,
-               settings: tuple | None = None) -> _results.Config:
-        key = _results.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
+               settings: tuple | None = None) -> _summary.Config:
+        key = _summary.ConfigKey(source="ours", task="wikitext", model=model, seq_len=128, n_layers=6,
                                  preset=preset, tag="", corpus="full", snli_mode=None, block=block,
                                  extra_proj="g" if preset == "paper" else ("none" if model == "grassmann" else None),
                                  shared=settings or shared.get(preset or ""))
-        return _results.Config(key)
+        return _summary.Config(key)
 
     grassmann = [config("grassmann", p) for p in ("paper", "preln_all_offsets", "preln_per_layer")]
     t_paper = config("transformer", "paper", "preln")
-    gaps = _results.pair_configs(grassmann + [t_paper])
+    gaps = _summary.pair_configs(grassmann + [t_paper])
     # preln_all_offsets trains its Transformer with FFN dropout: T-paper is not its baseline
     assert sorted(g.grassmann.key.preset for g in gaps) == ["paper", "preln_per_layer"]
     assert all(g.transformer is t_paper for g in gaps)
     t_all = config("transformer", "preln_all_offsets", "preln")
-    gaps = _results.pair_configs(grassmann + [t_paper, t_all])
+    gaps = _summary.pair_configs(grassmann + [t_paper, t_all])
     assert {g.grassmann.key.preset: g.transformer for g in gaps} == {
         "paper": t_paper, "preln_per_layer": t_paper, "preln_all_offsets": t_all}
     # Runs without config.json (no shared settings known) fall back to a Transformer keyed
     # without a preset.
     anonymous = config("transformer", None, "preln", settings=())
-    bare = [_results.Config(replace(g.key, shared=None)) for g in grassmann]
-    gaps = _results.pair_configs(bare + [anonymous])
+    bare = [_summary.Config(replace(g.key, shared=None)) for g in grassmann]
+    gaps = _summary.pair_configs(bare + [anonymous])
     assert len(gaps) == 3 and all(g.transformer is anonymous for g in gaps)
 
 
 def test_distilbert_heads_pair_with_the_joint_and_the_siamese_transformer() -> None:
     """The siamese Transformer head (the Grassmann head's classifier on sentences encoded
     apart) is a second, labelled partner, never a seed of the joint head."""
-    def config(model: str, head: str | None) -> _results.Config:
-        return _results.Config(_results.ConfigKey(
+    def config(model: str, head: str | None) -> _summary.Config:
+        return _summary.Config(_summary.ConfigKey(
             source="ours", task="snli", model=model, seq_len=48, n_layers=2, preset=None, tag="",
             corpus="full", snli_mode="distilbert", head=head))
 
     grassmann, joint, siamese = config("grassmann", None), config("transformer", "joint"), config("transformer", "siamese")
     assert joint.key != siamese.key
-    gaps = _results.pair_configs([grassmann, joint, siamese])
+    gaps = _summary.pair_configs([grassmann, joint, siamese])
     assert sorted((g.transformer.key.label, g.grassmann.key.label) for g in gaps) == [("T", "G"), ("T-siamese", "G")]
 
 
@@ -276,13 +294,14 @@ def test_lr_is_chosen_on_validation_never_on_test(sweep: Path) -> None:
     assert [c["lr"] for c in config["lr_selection"]] == [6e-4, 1e-3]
     # The Transformer's better validation is at 6e-4: each model gets its own lr.
     assert ("wikitext", "transformer", "", 6e-4, "preln", None, None) in _ours(summary, "wikitext")
-    assert "| grassmann | G-paper | 32 | 2 | paper | — | 0.001 | 3 |" in markdown and "**chosen**" in markdown
+    assert "| grassmann | G-paper | 32 | 2 | paper | — | 0.001 | 0, 1, 2 | 3 |" in markdown and "**chosen**" in markdown
+    assert config["lr_selection_seeds"] == [0, 1, 2]
 
 
 def test_duplicates_keep_the_newest_finished_copy(sweep: Path) -> None:
-    proc = _run_script("analyze_best_results.py", str(sweep))
+    proc = _run_script("analyze_best_results.py", str(sweep), "--out", str(sweep.parent))
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((sweep / "best_results_summary.json").read_text())
+    summary = json.loads((sweep.parent / "best_results_summary.json").read_text())
     dropped = summary["tasks"]["wikitext"]["dropped_duplicates"]
     assert {str(Path(d["dropped"]).relative_to(sweep)) for d in dropped} == DROPPED
     assert sum("dropped duplicate run" in line for line in proc.stderr.splitlines()) == 2
@@ -316,7 +335,7 @@ def test_custom_corpus_is_never_compared_with_the_paper(sweep: Path) -> None:
     assert PAPER_HEADING not in markdown
     assert REDUCED_HEADING in markdown
     assert "### Published results (reference only)" in markdown
-    for task in _results.TASKS:
+    for task in load.TASKS:
         sections = summary["tasks"][task]["sections"]
         assert sections["paper_comparison"]["configs"] == []
         assert all(c["corpus"] == "custom" for c in sections["reduced_corpus"]["configs"])
@@ -358,10 +377,12 @@ def test_diverged_runs_are_listed_and_excluded(sweep: Path) -> None:
     assert "grassmann_wikitext_L32_N2_s3 (diverged)" in markdown
 
 
-def test_default_output_dir_is_the_newest_timestamp(tmp_path: Path) -> None:
-    for name in ("2026-01-02_00-00-00", "2026-11-24_10-00-00", "2026-03-01_12-00-00", "tmp_scratch"):
-        (tmp_path / name).mkdir()
-    assert _results.resolve_output_dir(None, tmp_path).name == "2026-11-24_10-00-00"
+def test_default_output_dir_is_all_of_outputs(tmp_path: Path) -> None:
+    """With no argument every run under outputs/ is read, not only the newest sweep."""
+    for name in ("2026-01-02_00-00-00", "2026-11-24_10-00-00", "cpu-pilot"):
+        shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", tmp_path / name / "run")
+    assert load.resolve_output_dir(None, tmp_path) == tmp_path
+    assert len(load.load_runs(load.resolve_output_dir(None, tmp_path))) == 3
 
 
 @pytest.mark.parametrize("make_dir", [False, True])
@@ -394,8 +415,6 @@ def _bench_doc(gpu: str | None) -> dict:
 
 
 def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
-    import _bench
-
     (tmp_path / "a-cpu.json").write_text(json.dumps(_bench_doc(None)))
     (tmp_path / "b-gpu.json").write_text(json.dumps(_bench_doc("synthetic GPU")))
     assert [p.name for p in _bench.gpu_bench_files(tmp_path)] == ["b-gpu.json"]
@@ -410,8 +429,6 @@ def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
 
 def test_a_window_benchmark_split_over_files_is_read_as_one(tmp_path: Path) -> None:
     """scripts/gpu_window.sh times the mixer and the models in separate calls, one directory."""
-    import _bench
-
     doc = _bench_doc("synthetic GPU")
     window = tmp_path / "2026-01-01_00-00-00"
     for part, rows in (("mixer", {"mixer": doc["mixer"], "model": []}), ("eager", {"mixer": [], "model": doc["model"]})):
@@ -433,7 +450,7 @@ def test_visualizer_writes_png_and_svg(sweep: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     stems = ["published_numbers", "param_breakdown", "wikitext_results", "snli_results", "wikitext_curves",
              "snli_curves", "speed_ratios"]
-    assert set(stems) == set(_results.FIGURES)  # every figure has its alt text, and only those
+    assert set(stems) == set(_summary.FIGURES)  # every figure has its alt text, and only those
     for stem in stems:
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()[:2000]
@@ -455,7 +472,7 @@ def test_visualizer_draws_no_curves_when_no_run_finished(sweep: Path, tmp_path: 
 
 def test_committed_parameter_breakdown_is_current() -> None:
     """results/params/breakdown.json is what scripts/param_breakdown.py writes, and sums exactly."""
-    sys.path.insert(0, str(REPO / "src"))
+    sys.path.insert(0, str(SCRIPTS))
     import param_breakdown
 
     committed = json.loads((REPO / "results" / "params" / "breakdown.json").read_text())
@@ -498,7 +515,7 @@ def test_blog_section_regenerates_identically_between_the_markers(sweep: Path, t
     assert "Reduced-corpus results (not comparable with the paper)" in section
     assert "Paper" not in section and "alphaXiv" not in section  # no published number beside these runs
     for stem in ("wikitext_results", "wikitext_curves", "snli_results", "snli_curves"):
-        assert f"![{_results.FIGURES[stem]}](images/{stem}.png)" in section
+        assert f"![{_summary.FIGURES[stem]}](images/{stem}.png)" in section
 
 
 def _numbers(obj) -> list[float]:
@@ -518,7 +535,8 @@ def _derived(groups: dict[tuple, list[dict]]) -> list[float]:
                lambda r: r["test"]["ppl" if r["task"] == "wikitext" else "acc"],
                lambda r: r["best_epoch"], lambda r: r["train_time_s"], lambda r: r["tokens_per_s"],
                lambda r: r["params"], lambda r: len(r["epochs"])]
-    for runs in groups.values():
+    common = [runs for by_lr in _by_model(groups).values() for runs in _on_common_seeds(by_lr).values()]
+    for runs in list(groups.values()) + common:  # the lr choice compares common seeds
         out.append(len(runs))
         for get in getters:
             values = np.array([get(r) for r in runs], dtype=float)
@@ -580,7 +598,7 @@ def test_blog_and_figures_read_only_runs_git_tracks(tmp_path: Path, capsys: pyte
         shutil.copytree(FIXTURE / "transformer_wikitext_L32_N2_s0", repo / "outputs" / name)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "outputs/kept"], check=True)
-    runs = _results.load_committed_runs(repo / "outputs", repo)
+    runs = load.load_committed_runs(repo / "outputs", repo)
     assert [r.path.parent.name for r in runs] == ["kept"]
     assert "left out 1 run(s)" in capsys.readouterr().err
 
@@ -615,7 +633,7 @@ def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) 
     meta = json.loads((record / "record.json").read_text())
     assert meta["command"] == "./speedrun.sh all all" and meta["n_runs"] == 23
     assert "NOT comparable with the paper" in meta["label"]
-    assert json.loads((record / "summary.json").read_text())["schema_version"] == 2
+    assert json.loads((record / "summary.json").read_text())["schema_version"] == 3
     assert (record / "runs" / "control_a_s0" / "metrics.jsonl").is_file()
     assert not list(record.rglob("*.pt"))
     assert "./speedrun.sh all all" in (record / "README.md").read_text()
@@ -623,3 +641,162 @@ def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) 
     bad = _run_script("make_record.py", str(sweep), "--records-dir", str(records), "--readme", str(readme),
                       "--setting", "../escape")
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error:")
+
+
+# --------------------------------------------------------------------------- a mix of every kind of run
+
+
+@pytest.fixture()
+def mixed(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(MIXED, tmp_path / "outputs"))
+
+
+def test_every_entry_point_reads_a_mix_of_every_kind_of_run(mixed: Path, tmp_path: Path) -> None:
+    """Old schema, QUICK, another width, controls, diverged, cut, eval-only: no crash, all three ways."""
+    markdown, summary = _analyze(mixed)
+    assert summary["tasks"]["wikitext"]["n_runs"] + summary["tasks"]["snli"]["n_runs"] == 23
+    blog, _ = _blog(mixed, tmp_path)
+    assert "QUICK" not in _marker_section(blog.read_text())  # smoke runs never reach the blog
+    out = tmp_path / "figures"
+    proc = _run_script("visualize_results.py", str(mixed), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert {p.stem for p in out.glob("*.png")} >= {"wikitext_results", "wikitext_curves", "snli_results", "snli_curves"}
+    cut = [e for e in summary["tasks"]["wikitext"]["excluded_runs"] if e["status"] == "interrupted"]
+    assert [e["run_name"] for e in cut] == ["grassmann_wikitext_L32_N2_s3"]
+
+
+def test_quick_runs_are_never_compared_with_real_runs(mixed: Path) -> None:
+    _, summary = _analyze(mixed)
+    sections = summary["tasks"]["wikitext"]["sections"]
+    quick = sections["quick"]["configs"]
+    # marked by the results.json field, or only by train.max_steps_per_epoch (older runs)
+    assert sorted(n for c in quick for n in c["run_names"]) == ["grassmann_quick_s0", "transformer_quick_s0",
+                                                                 "transformer_quick_s1"]
+    assert all(c["quick"] for c in quick)
+    assert [g["pairing"] for g in sections["quick"]["gaps"]] == ["G-paper d64 ff256 vs T-preLN d64 ff256"]
+    for name in ("paper_comparison", "reduced_corpus", "other_width"):
+        assert not any(c["quick"] for c in sections[name]["configs"])
+        assert not any("d64" in g["pairing"] for g in sections[name]["gaps"])
+
+
+def test_model_width_is_part_of_the_configuration(mixed: Path) -> None:
+    markdown, summary = _analyze(mixed)
+    configs = summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]
+    widths = {(c["label"], tuple(c["width"] or ())) for c in configs}
+    assert ("G-paper d128 ff512", (128, 512, 4, 32)) in widths and ("G-paper", (256, 1024, 4, 32)) in widths
+    d128 = next(c for c in configs if c["label"] == "G-paper d128 ff512")
+    assert d128["run_names"] == ["grassmann_d128_s0"]  # never pooled with the d_model=256 seeds
+    gaps = {g["pairing"] for g in summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["gaps"]}
+    assert "G-paper d128 ff512 vs T-preLN d128 ff512" in gaps and "G-paper vs T-preLN" in gaps
+    assert "| ours | G-paper d128 ff512 vs T-preLN d128 ff512 |" in markdown
+
+
+def test_old_schema_runs_pool_with_new_runs_of_the_same_configuration(mixed: Path) -> None:
+    """The pilot's config.json has no seed and no ffn_dropout (whose absence meant 0.0)."""
+    _, summary = _analyze(mixed)
+    configs = summary["tasks"]["wikitext"]["sections"]["reduced_corpus"]["configs"]
+    paper = {c["label"]: c for c in configs}
+    assert sorted(paper["G-paper"]["seeds"]) == [0, 1, 4]
+    assert sorted(paper["T-preLN"]["seeds"]) == [0, 1, 4]
+
+
+def test_snli_lr_follows_the_metric_direction_on_common_seeds(mixed: Path) -> None:
+    """At seed 0, lr 6e-4 validates at 72% and 1e-3 at 70%: higher accuracy wins, so 6e-4.
+    Seeds 1-2 exist only at 1e-3 (80%); over each lr's own seeds 1e-3 would win unfairly."""
+    markdown, summary = _analyze(mixed)
+    configs = summary["tasks"]["snli"]["sections"]["reduced_corpus"]["configs"]
+    assert {c["model"]: c["lr"] for c in configs} == {"grassmann": 6e-4, "transformer": 6e-4}
+    for config in configs:
+        assert config["lr_selection_seeds"] == [0]
+        assert [(c["lr"], c["best_val"]["values"]) for c in config["lr_selection"]] == [(6e-4, [0.72]), (1e-3, [0.70])]
+    assert "| 0.001 | 0 | 1 | 70.00% |" in markdown
+
+
+def test_snli_test_number_comes_from_eval_test_json(mixed: Path) -> None:
+    markdown, summary = _analyze(mixed)
+    configs = {c["model"]: c for c in summary["tasks"]["snli"]["sections"]["reduced_corpus"]["configs"]}
+    assert configs["grassmann"]["test"]["values"] == [0.7011]  # not results.json's in-training test
+    assert configs["transformer"]["test"]["values"] == [0.6822]  # results.json has no test at all
+    assert all(c["test_sources"] == ["eval_test.json"] for c in configs.values())
+    assert "| 70.11% | eval_test.json |" in markdown
+
+
+def _script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summaries_and_figures_default_to_git_ignored_folders(sweep: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Analysis never writes into the runs it reads, nor into a tracked folder by default."""
+    for folder in (load.ANALYSIS_DIR, load.FIGURES_DIR):
+        probe = folder.relative_to(REPO) / "probe.png"
+        assert subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(probe)]).returncode == 0, folder
+    analyze, visualize = _script_module("analyze_best_results"), _script_module("visualize_results")
+    monkeypatch.setattr(analyze, "ANALYSIS_DIR", tmp_path / "analysis")
+    monkeypatch.setattr(visualize, "FIGURES_DIR", tmp_path / "figures")
+    before = sorted(p for p in sweep.rglob("*"))
+    assert analyze.main([str(sweep)]) == 0 and (tmp_path / "analysis" / "best_results_summary.json").is_file()
+    assert visualize.main([str(sweep)]) == 0 and (tmp_path / "figures" / "wikitext_curves.png").is_file()
+    assert sorted(p for p in sweep.rglob("*")) == before
+
+
+def test_blog_images_take_no_output_dir(sweep: Path) -> None:
+    proc = _run_script("visualize_results.py", str(sweep), "--blog-images")
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
+
+
+def test_full_corpus_runs_of_another_size_are_not_set_against_the_paper(mixed: Path) -> None:
+    for path in mixed.rglob("results.json"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(data, corpus="full", seq_len=128, n_layers=6)))
+    _, summary = _analyze(mixed)
+    sections = summary["tasks"]["wikitext"]["sections"]
+    assert {tuple(c["width"]) for c in sections["other_width"]["configs"]} == {(128, 512, 4, 32), (128, 512, 4, None)}
+    # (the run cut before its first step has no config.json, so no known size)
+    ours = [c for c in sections["paper_comparison"]["configs"] if c["source"] == "ours" and c["width"]]
+    assert ours and all(c["width"][:3] == [256, 1024, 4] for c in ours)
+    assert not any(g["source"] != "ours" for g in sections["other_width"]["gaps"])
+
+
+def test_published_snli_rows_of_one_source_are_told_apart_by_variant(tmp_path: Path) -> None:
+    from grassmann_flows.analysis.figures import _snli_table_rows
+
+    doc = json.loads((REPO / "results" / "reference" / "published.json").read_text())
+    source = next(iter(doc["sources"]))
+    row = {"source": source, "task": "snli", "model": "grassmann", "snli_mode": "scratch", "notes": ""}
+    doc["rows"] = [dict(row, variant="README revision A", metrics={"test_acc": 0.66}),
+                   dict(row, variant="README revision B", metrics={"test_acc": 0.71})]
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps(doc))
+    rows = _snli_table_rows(_summary.load_published(path))
+    label = doc["sources"][source]["label"]
+    assert [r[:3] + r[-1:] for r in rows] == [[label, "README revision A", "scratch", "66.00%"],
+                                              [label, "README revision B", "scratch", "71.00%"]]
+
+
+def test_lr_choice_compares_common_seeds_and_keeps_seedless_runs() -> None:
+    """Old runs without a seed count as one seed of their own; seed 1 exists only at 6e-4."""
+    def run(lr: float, seed: int | None, ppl: float) -> load.Run:
+        data = {"task": "wikitext", "model": "grassmann", "best_val_ppl": ppl, "run_name": f"lr{lr}_s{seed}"}
+        return load.Run(Path(f"/runs/{lr}/{seed}/results.json"), {**data, **({} if seed is None else {"seed": seed})},
+                        {"train": {"lr": lr}})
+
+    runs = [run(1e-3, None, 10.0), run(1e-3, 0, 12.0), run(6e-4, None, 11.0), run(6e-4, 0, 13.0), run(6e-4, 1, 1.0)]
+    [chosen] = _summary.select_lr(_summary.group_runs(runs))
+    # On the common seeds (none, 0) the means are 12.0 (6e-4) and 11.0 (1e-3): 1e-3 wins, although
+    # 6e-4's mean over its own three seeds (8.33) is lower.
+    assert chosen.lr_seeds == [None, 0]
+    assert [(lr, stat.values) for lr, stat in chosen.lr_candidates] == [(6e-4, (11.0, 13.0)), (1e-3, (10.0, 12.0))]
+    assert chosen.key.lr == 1e-3 and chosen.stat("best_val").n == 2
+
+
+def test_wikitext_test_number_is_eval_test_json_blocks_ppl() -> None:
+    data = {"task": "wikitext", "model": "grassmann", "test": {"loss": 5.0, "ppl": 148.4}}
+    evaluated = load.Run(Path("/r/results.json"), data, {}, {"split": "test", "blocks": {"ppl": 150.2},
+                                                             "sliding": {"ppl": 120.0}})
+    assert (evaluated.test, evaluated.test_source) == (150.2, "eval_test.json")
+    assert (load.Run(Path("/r/results.json"), data).test, load.Run(Path("/r/results.json"), data).test_source) == \
+        (148.4, "results.json")

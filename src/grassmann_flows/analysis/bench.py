@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _results import REPO_ROOT, ResultsError, display_path
+from .load import REPO_ROOT, ResultsError, display_path
 
 BENCH_DIR = REPO_ROOT / "results" / "bench"
 

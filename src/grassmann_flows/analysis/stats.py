@@ -1,4 +1,4 @@
-"""Statistics for the analysis scripts: over-seed summaries and Welch's t interval.
+"""Statistics of the analysis: over-seed summaries and Welch's t interval.
 
 The Student-t quantile is computed here (regularised incomplete beta by continued
 fraction, then bisection), because scipy is not a dependency of this project.
