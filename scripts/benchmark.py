@@ -225,8 +225,8 @@ def _mixer_point(
             "grassmann", "paper", n_layers=6, d_model=d, reduced_dim=dims["reduced_dim"], mixer_impl=impl
         )
         layer = GrassmannMixer(d, cfg.mixer, cfg.layer_offsets(0))
-        if layer.impl != impl:
-            return {"skipped": f"mixer_impl={impl!r} resolved to {layer.impl!r}"}
+        if layer.mixer_impl != impl:
+            return {"skipped": f"mixer_impl={impl!r} resolved to {layer.mixer_impl!r}"}
     layer = layer.to(device)
     params = list(layer.parameters())
     h = torch.randn(B, L, d, device=device, requires_grad=True)
@@ -280,7 +280,7 @@ def _model_point(
     if impl is not None:
         options["mixer_impl"] = impl
     model = build_model(kind, preset="paper", **options).to(device).train()
-    if impl is not None and any(block.mixer.impl != impl for block in model.backbone.blocks):
+    if impl is not None and any(block.mixer.mixer_impl != impl for block in model.backbone.blocks):
         return {"skipped": f"mixer_impl={impl!r} resolved to another implementation"}
     # Fused AdamW: one multi-tensor kernel per step on CUDA (CPU has a fused kernel too).
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, fused=True)

@@ -528,7 +528,8 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     ckpt = load_checkpoint(path, device)
     saved = {k: v for k, v in ckpt["meta"].items() if k != "state"}
     # Settings that only say how long to run may change on resume; the rest may not.
-    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode"}
+    # The mixer's implementations compute the same function (`impl`: its name in older checkpoints).
+    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode", "mixer_impl", "impl"}
     mismatched = [m for m in config_mismatch(saved, identity) if m.split(" ")[0].split(".")[-1] not in volatile]
     if mismatched:
         raise CheckpointError(f"{path} was written by another configuration: " + "; ".join(mismatched))

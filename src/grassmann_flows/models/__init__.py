@@ -31,7 +31,6 @@ def resolve_config(kind: str, preset: str = "paper", **options: Any) -> ModelCon
     if kind == "transformer":
         # Mixer fields mean nothing to attention; keep the default so configs stay comparable.
         merged = {k: v for k, v in merged.items() if k not in MixerConfig.__dataclass_fields__}
-        merged.pop("mixer_impl", None)
     else:  # likewise attention's own dropout for the Grassmann model
         merged.pop("attn_dropout", None)
     return validate(apply_options(ModelConfig(kind=kind), **merged))
