@@ -47,7 +47,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from _stats import Stat, make_stat, welch_interval
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the package, installed or not
+
+from _stats import Stat, make_stat, welch_interval  # noqa: E402
+from grassmann_flows.utils.paths import display_path  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_JSON = REPO_ROOT / "results" / "reference" / "published.json"
@@ -632,14 +635,6 @@ def replace_between_markers(path: Path, begin: str, end: str, content: str) -> b
     if new != text:
         path.write_text(new)
     return new != text
-
-
-def display_path(path: Path) -> str:
-    """`path` relative to the repository when inside it, so summaries do not name a machine."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def summarize_task(task: str, runs: list[Run], published: list[Config]) -> TaskSummary:

@@ -36,12 +36,12 @@ import json
 import sys
 from pathlib import Path
 
-from _bench import BENCH_DIR, bench_markdown, gpu_bench_files
 from _results import (
     FIGURES, OUTPUTS_ROOT, PUBLISHED_JSON, SECTION_TITLES, Config, Gap, ResultsError,
     Run, Stat, TaskSummary, display_path, json_safe, load_committed_runs, load_published, load_runs,
     replace_between_markers, resolve_output_dir, run_facts, summarize,
 )
+from grassmann_flows.bench.results import BENCH_DIR, BenchFileError, bench_markdown, gpu_bench_files
 
 SUMMARY_NAME = "best_results_summary.json"
 TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output_dir = resolve_output_dir(args.output_dir)
         runs = load_runs(output_dir)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     summaries = summarize(runs, published)

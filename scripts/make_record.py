@@ -34,7 +34,7 @@ from _results import (
     PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, TaskSummary, display_path, json_safe,
     load_published, load_runs, replace_between_markers, run_facts, summarize,
 )
-from _bench import load_bench
+from grassmann_flows.bench.results import BenchFileError, load_bench
 from analyze_best_results import _fmt_gap, report_markdown, summary_json
 
 RECORDS_DIR = REPO_ROOT / "results" / "records"
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         changed = replace_between_markers(args.readme, INDEX_BEGIN, INDEX_END,
                                           index_table(args.records_dir, args.readme))
         print(f"{'updated' if changed else 'unchanged:'} records table in {args.readme}", file=sys.stderr)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -39,10 +39,12 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from _bench import BENCH_DIR, gpu_bench_files, load_bench, mixer_ratios, model_ratios  # noqa: E402
 from _results import (  # noqa: E402
     OURS, OUTPUTS_ROOT, PUBLISHED_JSON, REPO_ROOT, Config, ResultsError, TaskSummary,
     load_committed_runs, load_published, load_runs, pair_configs, run_facts, summarize,
+)
+from grassmann_flows.bench.results import (  # noqa: E402
+    BENCH_DIR, BenchFileError, gpu_bench_files, load_bench, mixer_ratios, model_ratios,
 )
 
 COLORS = {"transformer": "#4C72B0", "grassmann": "#DD8452"}
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             written += plot_speed_ratios(bench, args.out)
         else:
             print("no GPU benchmark JSON under results/bench/: skipping speed_ratios", file=sys.stderr)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for path in written:

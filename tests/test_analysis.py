@@ -394,7 +394,7 @@ def _bench_doc(gpu: str | None) -> dict:
 
 
 def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
-    import _bench
+    from grassmann_flows.bench import results as _bench
 
     (tmp_path / "a-cpu.json").write_text(json.dumps(_bench_doc(None)))
     (tmp_path / "b-gpu.json").write_text(json.dumps(_bench_doc("synthetic GPU")))
@@ -410,7 +410,7 @@ def test_bench_ratios_and_gpu_files(tmp_path: Path) -> None:
 
 def test_a_window_benchmark_split_over_files_is_read_as_one(tmp_path: Path) -> None:
     """scripts/gpu_window.sh times the mixer and the models in separate calls, one directory."""
-    import _bench
+    from grassmann_flows.bench import results as _bench
 
     doc = _bench_doc("synthetic GPU")
     window = tmp_path / "2026-01-01_00-00-00"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from grassmann_flows import grid, train, train_snli
+from grassmann_flows.bench.model import QUICK_MODEL_OPTIONS, QUICK_VOCAB, train_spec
 from grassmann_flows.grid.preflight import run_spec
 from grassmann_flows.spec import DISTILBERT_SENT_LEN, SNLI_DEFAULTS, spec_from_args
 
@@ -86,3 +89,12 @@ def test_a_bad_grid_flag_is_a_preflight_error() -> None:
     with pytest.raises(grid.PreflightError, match=f"{run.name}: --opt expects key=value"):
         run_spec(run)
 
+
+def test_the_benchmark_times_the_model_train_builds() -> None:
+    spec = train_spec("grassmann", "naive", 32, 2, 2, QUICK_MODEL_OPTIONS)
+    argv = ["--seq-len", "32", "--n-layers", "2", "--batch-size", "2", "--mixer-impl", "naive",
+            *[x for k, v in QUICK_MODEL_OPTIONS.items() for x in ("--opt", f"{k}={v}")]]
+    trained = lm(*argv).model_config()
+    assert spec.model_config() == replace(trained, vocab_size=QUICK_VOCAB)
+    assert train_spec("transformer", None, 128, 6, 32, {}).model_config() == \
+        spec_from_args("wikitext", train.parser().parse_args(["--model", "transformer"])).model_config()
