@@ -42,7 +42,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from grassmann_flows.analysis.bench import BENCH_DIR, gpu_bench_files  # noqa: E402
 from grassmann_flows.analysis.load import (  # noqa: E402
     ANALYSIS_DIR, OUTPUTS_ROOT, PUBLISHED_JSON, ResultsError, display_path, json_safe, load_committed_runs,
     load_runs, replace_between_markers, resolve_output_dir,
@@ -51,6 +50,7 @@ from grassmann_flows.analysis.summary import load_published, summarize  # noqa: 
 from grassmann_flows.analysis.tables import (  # noqa: E402
     BLOG_BEGIN, BLOG_END, SUMMARY_NAME, blog_section, report_markdown, summary_json,
 )
+from grassmann_flows.bench.results import BENCH_DIR, BenchFileError, gpu_bench_files  # noqa: E402
 
 
 def _blog(args: argparse.Namespace, published: list) -> int:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return _blog(args, published)
         output_dir = resolve_output_dir(args.output_dir)
         runs = load_runs(output_dir)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     summaries = summarize(runs, published)

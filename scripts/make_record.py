@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from grassmann_flows.analysis.bench import load_bench  # noqa: E402
 from grassmann_flows.analysis.load import (  # noqa: E402
     PUBLISHED_JSON, REPO_ROOT, ResultsError, Run, display_path, json_safe, load_runs, replace_between_markers,
     run_facts,
 )
 from grassmann_flows.analysis.summary import OUR_SECTIONS, TaskSummary, load_published, summarize  # noqa: E402
 from grassmann_flows.analysis.tables import fmt_gap, report_markdown, summary_json  # noqa: E402
+from grassmann_flows.bench.results import BenchFileError, load_bench  # noqa: E402
 
 RECORDS_DIR = REPO_ROOT / "results" / "records"
 README = REPO_ROOT / "README.md"
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         changed = replace_between_markers(args.readme, INDEX_BEGIN, INDEX_END,
                                           index_table(args.records_dir, args.readme))
         print(f"{'updated' if changed else 'unchanged:'} records table in {args.readme}", file=sys.stderr)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from grassmann_flows.analysis.bench import BENCH_DIR, gpu_bench_files  # noqa: E402
 from grassmann_flows.analysis.figures import (  # noqa: E402
     PARAMS_JSON, plot_curves, plot_params, plot_published, plot_speed_ratios, plot_task_results,
 )
@@ -34,6 +33,7 @@ from grassmann_flows.analysis.load import (  # noqa: E402
     resolve_output_dir,
 )
 from grassmann_flows.analysis.summary import load_published, summarize  # noqa: E402
+from grassmann_flows.bench.results import BENCH_DIR, BenchFileError, gpu_bench_files  # noqa: E402
 
 BLOG_IMAGES = REPO_ROOT / "images"
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             written += plot_speed_ratios(bench, out)
         else:
             print("no GPU benchmark JSON under results/bench/: skipping speed_ratios", file=sys.stderr)
-    except ResultsError as err:
+    except (ResultsError, BenchFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for path in written:

@@ -23,7 +23,7 @@ SCRIPTS = REPO / "scripts"
 FIXTURE = REPO / "tests" / "fixtures" / "results" / "synthetic_output"
 MIXED = FIXTURE.parent / "mixed_output"  # every kind of run side by side (make_mixed_fixture)
 
-from grassmann_flows.analysis import bench as _bench  # noqa: E402
+from grassmann_flows.bench import results as _bench  # noqa: E402
 from grassmann_flows.analysis import load, summary as _summary  # noqa: E402
 from grassmann_flows.analysis import stats as _stats  # noqa: E402
 

@@ -127,7 +127,7 @@ def test_incremental_matches_full_forward_every_option(options):
 def test_fused_mixer_streams():
     pytest.importorskip("triton", reason="the fused mixer needs Triton (the interpreter on CPU)")
     model = tiny_lm("grassmann", "paper", 2, mixer_impl="fused")
-    assert {b.mixer.impl for b in model.backbone.blocks} == {"fused"}
+    assert {b.mixer.mixer_impl for b in model.backbone.blocks} == {"fused"}
     ids = token_ids(L=12)
     assert_rel_close(incremental_logits(model, ids), model(ids), "fused")
 

@@ -113,7 +113,7 @@ def test_model_fused_vs_fast(kernels, dtype: torch.dtype, tol: float, grad_tol: 
     fused = build_model("grassmann", mixer_impl="fused", n_layers=2, **SMALL).to(DEVICE, dtype)
     fast = build_model("grassmann", mixer_impl="fast", n_layers=2, **SMALL).to(DEVICE, dtype)
     fast.load_state_dict(fused.state_dict())
-    assert {blk.mixer.impl for blk in fused.backbone.blocks} == {"fused"}
+    assert {blk.mixer.mixer_impl for blk in fused.backbone.blocks} == {"fused"}
     compare_models(fused, fast, ids_batch(), tol, grad_tol)
 
 

@@ -247,8 +247,8 @@ def test_fast_matches_naive_model(case, L):
     naive = randomize_(small_lm("grassmann", preset, n_layers, mixer_impl="naive", **opts), seed=1)
     fast = small_lm("grassmann", preset, n_layers, seed=99, mixer_impl="fast", **opts)
     fast.load_state_dict(naive.state_dict())
-    assert {m.impl for m in naive.modules() if hasattr(m, "impl")} == {"naive"}
-    assert {m.impl for m in fast.modules() if hasattr(m, "impl")} == {"fast"}
+    assert {m.mixer_impl for m in naive.modules() if hasattr(m, "mixer_impl")} == {"naive"}
+    assert {m.mixer_impl for m in fast.modules() if hasattr(m, "mixer_impl")} == {"fast"}
     gen = torch.Generator().manual_seed(L)
     ids = torch.randint(0, SMALL["vocab_size"], (2, L), generator=gen)
     targets = torch.randint(0, SMALL["vocab_size"], (2, L), generator=gen)
@@ -667,7 +667,7 @@ def test_bad_builds_raise(call):
 
 def test_good_options_resolve():
     cfg = resolve_config("grassmann", preset="paper", n_layers=12, mixer_impl="naive", norm_eps=1e-5)
-    assert cfg.mixer.impl == "naive" and cfg.mixer.norm_eps == 1e-5
+    assert cfg.mixer.mixer_impl == "naive" and cfg.mixer.norm_eps == 1e-5
     assert cfg.mixer.schedule == "per_layer" and cfg.mixer.offsets == (1, 1, 2, 2, 4, 4, 8, 8, 12, 12, 16, 16)
     assert cfg.block == "paper_postln" and cfg.mixer.extra_proj == "g"
     assert [cfg.layer_offsets(i) for i in (0, 11)] == [(1,), (16,)]
@@ -682,6 +682,10 @@ def test_good_options_resolve():
     # a Transformer config saved before attn_dropout existed ran attention dropout at `dropout`
     old = {k: v for k, v in resolve_config("transformer", dropout=0.2).to_dict().items() if k != "attn_dropout"}
     assert ModelConfig.from_dict(old).attn_dropout == 0.2
+    # a config saved while the mixer's field was still called `impl` reads as `mixer_impl`
+    legacy = resolve_config("grassmann", mixer_impl="naive").to_dict()
+    legacy["mixer"]["impl"] = legacy["mixer"].pop("mixer_impl")
+    assert ModelConfig.from_dict(legacy).mixer.mixer_impl == "naive"
 
 
 @pytest.mark.parametrize("kind,opt,field,value", [
@@ -714,7 +718,7 @@ def test_per_offset_projection_with_fast_warns_and_runs_naive():
     with pytest.warns(UserWarning, match="per_offset"):
         model = small_lm("grassmann", "preln_all_offsets", 6, mixer_impl="fast", projection="per_offset")
     mixers = [b.mixer for b in model.backbone.blocks]
-    assert [m.impl for m in mixers] == ["naive"] * 6
+    assert [m.mixer_impl for m in mixers] == ["naive"] * 6
     assert all(len(m.proj) == 6 for m in mixers)
     ids = torch.randint(0, SMALL["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(0))
     logits = model(ids)

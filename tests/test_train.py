@@ -94,6 +94,19 @@ def test_resume_refuses_other_configuration(tmp_path: Path, capsys: pytest.Captu
     assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing lost
 
 
+def test_resume_reads_the_mixer_field_of_older_checkpoints(tmp_path: Path) -> None:
+    """A last.pt written while `mixer_impl` was called `impl` continues, and on another
+    implementation too: the three compute the same function."""
+    assert _train(tmp_path, "run", "--stop-after-steps", "3") == 0
+    path = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    meta = json.loads(ckpt["meta"])
+    meta["model"]["mixer"]["impl"] = meta["model"]["mixer"].pop("mixer_impl")
+    torch.save({**ckpt, "meta": json.dumps(meta)}, path)
+    assert _train(tmp_path, "run", "--resume", "--mixer-impl", "naive") == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
 def test_corrupt_checkpoint_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               content: bytes) -> None:

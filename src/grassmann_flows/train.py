@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from .data.sources import ensure_dataset, resolve_data_dir
 from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
-from .models import PRESETS, build_model, count_parameters, resolve_config
-from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
-                   paper_batch_size, parse_option, run_name)
+from .models import PRESETS, LanguageModel, count_parameters
+from .runs import add_dataclass_args, cli, corpus_label, default_cache_dir, info
+from .spec import spec_from_args
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
 
 
@@ -56,9 +56,8 @@ class LMTask:
 
 
 def chunked_head(head_loss: str, device: torch.device) -> bool:
-    """Whether `TrainConfig.head_loss` computes the head's cross-entropy in chunks on `device`."""
-    if head_loss not in ("auto", "logits", "chunked"):
-        raise ValueError(f"head_loss must be auto, logits or chunked; got {head_loss!r}")
+    """Whether `TrainConfig.head_loss` (checked by `spec_from_args`) computes the head's
+    cross-entropy in chunks on `device`."""
     return head_loss == "chunked" or (head_loss == "auto" and device.type == "cpu")
 
 
@@ -112,37 +111,26 @@ def parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    data_cfg = dataclass_from_args(LMDataConfig, args)
-    train_cfg = dataclass_from_args(TrainConfig, args, batch_size=args.batch_size or paper_batch_size(data_cfg.seq_len))
-    chunked_head(train_cfg.head_loss, torch.device("cpu"))  # a bad --head-loss fails before any data is read
-    options: dict[str, Any] = dict(parse_option(o) for o in args.opt)
-    options.update(n_layers=args.n_layers, n_positions=args.n_positions or data_cfg.seq_len)
-    if args.mixer_impl:
-        options["mixer_impl"] = args.mixer_impl
+    spec = spec_from_args("wikitext", args)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_dataset("wikitext", data_dir)  # fails here, before any work, if the data is missing
-    from .data.tokenizers import load_tokenizer
+    model_cfg = spec.model_config()
+    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / spec.name
 
-    options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
-    model_cfg = resolve_config(args.model, args.preset, **options)
-    name = run_name(args.model, "wikitext", data_cfg.seq_len, args.n_layers, train_cfg.seed, args.tag,
-                    preset=args.preset, lr=train_cfg.lr)
-    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
-
-    splits = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    splits = load_lm_splits(data_dir, spec.data, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     info(describe(splits))
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(args.model, args.preset, **options)
+    torch.manual_seed(spec.train.seed)
+    model = LanguageModel(model_cfg)
     corpus = corpus_label("wikitext", data_dir)
-    info(f"run {name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}")
+    info(f"run {spec.name}: {count_parameters(model):,} parameters, corpus={corpus}, out={out_dir}")
     run_info = {
         "model": model_cfg.to_dict(),
-        "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
-        "summary": {"run_name": name, "task": "wikitext", "model": args.model, "preset": args.preset,
-                    "tag": args.tag, "seq_len": data_cfg.seq_len, "n_layers": args.n_layers,
-                    "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus, "data_dir": str(data_dir)},
+        "data": {**asdict(spec.data), "data_dir": str(data_dir), "corpus": corpus},
+        "summary": {"run_name": spec.name, "task": "wikitext", "model": spec.model, "preset": spec.preset,
+                    "tag": spec.tag, "seq_len": spec.seq_len, "n_layers": spec.n_layers,
+                    "seed": spec.train.seed, "lr": spec.train.lr, "corpus": corpus, "data_dir": str(data_dir)},
     }
-    results = fit(model, LMTask(splits, train_cfg.head_loss), train_cfg, out_dir, run_info, resume=args.resume)
+    results = fit(model, LMTask(splits, spec.train.head_loss), spec.train, out_dir, run_info, resume=args.resume)
     return exit_code(results)
 
 

@@ -24,16 +24,12 @@ import torch.nn.functional as F
 
 from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
 from .data.sources import ensure_dataset, resolve_data_dir
-from .models import PRESETS, build_classifier, count_parameters
-from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
-                   parse_option, run_name)
+from .models import PRESETS, PairClassifier, count_parameters
+from .runs import add_dataclass_args, cli, corpus_label, default_cache_dir, info
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
+from .spec import spec_from_args
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device, to_device
-
-# SNLI defaults (the paper: 20 epochs; nothing else stated for the classifiers).
-SNLI_DEFAULTS = {"epochs": 20, "batch_size": 32, "lr": 3e-4}
-
 
 def _scratch_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(batch["input_ids"], batch["attention_mask"])
@@ -148,62 +144,34 @@ def parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    data_cfg = dataclass_from_args(SNLIDataConfig, args, encoding="pair")
-    train_cfg = dataclass_from_args(TrainConfig, args, **{k: v for k, v in SNLI_DEFAULTS.items()
-                                                           if getattr(args, k) is None})
-    options: dict[str, Any] = dict(parse_option(o) for o in args.opt)
-    options.update(n_layers=args.n_layers, n_positions=data_cfg.max_len)
-    if args.mixer_impl:
-        options["mixer_impl"] = args.mixer_impl
+    spec = spec_from_args("snli", args)
+    data_cfg, train_cfg = spec.data, spec.train
     data_dir = resolve_data_dir(args.data_dir)
     ensure_dataset("snli", data_dir)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     corpus = corpus_label("snli", data_dir)
-    summary = {"task": "snli", "snli_mode": args.mode, "model": args.model, "preset": args.preset,
-               "tag": args.tag, "n_layers": args.n_layers, "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus,
-               "data_dir": str(data_dir)}
+    summary = {"task": "snli", "snli_mode": spec.snli_mode, "model": spec.model, "preset": spec.preset,
+               "tag": spec.tag, "n_layers": spec.n_layers, "seed": train_cfg.seed, "lr": train_cfg.lr,
+               "corpus": corpus, "data_dir": str(data_dir), "seq_len": spec.seq_len}
     torch.manual_seed(train_cfg.seed)
-    if args.mode == "scratch":
-        if args.transformer_head:
-            raise ValueError("--transformer-head configures the DistilBERT Transformer head (--mode distilbert)")
-        from .data.tokenizers import load_tokenizer
-
-        options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
-        name = run_name(args.model, "snli", data_cfg.max_len, args.n_layers, train_cfg.seed, args.tag,
-                        preset=args.preset, lr=train_cfg.lr)
+    if spec.snli_mode == "scratch":
+        model_cfg = spec.model_config()
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
-        model = build_classifier(args.model, args.preset, pooling=args.pooling, **options)
+        model = PairClassifier(model_cfg, pooling=spec.pooling)
         task = SNLITask(splits)
-        model_info = {"model": model.cfg.to_dict(), "classifier": {"pooling": args.pooling}}
-        summary["seq_len"] = data_cfg.max_len
+        model_info = {"model": model_cfg.to_dict(), "classifier": {"pooling": spec.pooling}}
     else:
-        if args.opt or args.mixer_impl:
-            raise ValueError("--opt and --mixer-impl configure the from-scratch encoders (--mode scratch); "
-                             "the DistilBERT heads are set up in models/snli_heads.py")
-        combine = None
-        if args.model == "transformer":
-            combine = args.transformer_head or "joint"
-        elif args.transformer_head:
-            raise ValueError("--transformer-head picks the Transformer head's layout; the Grassmann head "
-                             "is always siamese")
-        name = run_name(args.model, "snli", None, None, train_cfg.seed, args.tag, preset=None, lr=train_cfg.lr,
-                        head=combine)
-        head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
-                "encoding": args.encoding, "combine": combine}
-        data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
-                                  max_len=2 * 48)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
-        model, task = distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
-        model_info = {"distilbert": head}
+        model, task = distilbert_setup(spec.head, splits, cache_dir, resolve_device(train_cfg.device))
+        model_info = {"distilbert": spec.head}
         # The head's own depth; no LM preset shapes it.
-        summary.update(seq_len=data_cfg.sent_len, preset=None, transformer_head=combine,
-                       n_layers=getattr(model, "head", model).n_layers)
+        summary.update(transformer_head=spec.head["combine"], n_layers=getattr(model, "head", model).n_layers)
     for split, ds in splits.items():
         info(f"snli {split}: {len(ds):,} pairs ({data_cfg.encoding} encoding)")
-    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / name
-    info(f"run {name}: {count_parameters(model):,} trainable-module parameters, corpus={corpus}, out={out_dir}")
+    out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / spec.name
+    info(f"run {spec.name}: {count_parameters(model):,} trainable-module parameters, corpus={corpus}, out={out_dir}")
     run_info = {**model_info, "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
-                "summary": {"run_name": name, **summary}}
+                "summary": {"run_name": spec.name, **summary}}
     results = fit(model, task, train_cfg, out_dir, run_info, resume=args.resume)
     return exit_code(results)
 

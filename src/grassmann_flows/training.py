@@ -32,6 +32,9 @@ from .utils.checkpoint import (CheckpointError, config_mismatch, load_checkpoint
 from .utils.env import environment, save_git_diff
 
 
+HEAD_LOSSES = ("auto", "logits", "chunked")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and run settings (the paper specifies only epochs and batch sizes)."""
@@ -60,7 +63,7 @@ class TrainConfig:
     # (B, L, V) logits; "chunked" never does (ops/linear_cross_entropy, same loss and gradients);
     # "auto" is chunked on the CPU, where the logits' memory traffic dominates a step, and
     # logits on CUDA, where torch.compile fuses the head and the loss.
-    head_loss: str = "auto"
+    head_loss: str = "auto"  # one of HEAD_LOSSES
 
 
 class Task(Protocol):
@@ -533,7 +536,9 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     ckpt = load_checkpoint(path, device)
     saved = {k: v for k, v in ckpt["meta"].items() if k != "state"}
     # Settings that only say how long to run may change on resume; the rest may not.
-    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode", "head_loss"}
+    # The mixer's implementations compute the same function (`impl`: its name in older checkpoints),
+    # and so do the two ways of computing the head's cross-entropy.
+    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode", "mixer_impl", "impl", "head_loss"}
     mismatched = [m for m in config_mismatch(saved, identity) if m.split(" ")[0].split(".")[-1] not in volatile]
     if mismatched:
         raise CheckpointError(f"{path} was written by another configuration: " + "; ".join(mismatched))

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .bench import load_bench, mixer_ratios, model_ratios  # noqa: E402
+from ..bench.results import load_bench, mixer_ratios, model_ratios  # noqa: E402
 from .load import OURS, REPO_ROOT, ResultsError, Run, run_facts  # noqa: E402
 from .summary import OUR_SECTIONS, TASK_TITLES, Config, TaskSummary, pair_configs  # noqa: E402
 

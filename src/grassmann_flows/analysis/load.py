@@ -30,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# The repository this package lies in (src/grassmann_flows/analysis/load.py): its outputs/
+from ..utils.paths import REPO_ROOT, display_path
+
+# The repository (utils/paths.py): its outputs/
 # and results/ are the defaults of the command-line entry points.
-REPO_ROOT = Path(__file__).resolve().parents[3]
 PUBLISHED_JSON = REPO_ROOT / "results" / "reference" / "published.json"
 OUTPUTS_ROOT = REPO_ROOT / "outputs"
 # Where the entry points write what they derive: git-ignored, so analysis never dirties a tracked file.
@@ -397,14 +398,6 @@ def replace_between_markers(path: Path, begin: str, end: str, content: str) -> b
     if new != text:
         path.write_text(new)
     return new != text
-
-
-def display_path(path: Path) -> str:
-    """`path` relative to the repository when inside it, so summaries do not name a machine."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def json_safe(obj: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import bench_markdown
+from ..bench.results import bench_markdown
 from .load import Run, display_path, run_facts
 from .stats import Stat
 from .summary import FIGURES, SECTION_TITLES, TASK_TITLES, Config, Gap, TaskSummary

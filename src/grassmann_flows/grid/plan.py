@@ -170,7 +170,7 @@ class Run:
 
 
 def _default_lr(task: str) -> float:
-    from ..train_snli import SNLI_DEFAULTS
+    from ..spec import SNLI_DEFAULTS
     from ..training import TrainConfig
 
     return TrainConfig.lr if task == "wikitext" else SNLI_DEFAULTS["lr"]

@@ -3,7 +3,6 @@ and each run's time estimated from one measured step per model shape."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -11,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.sources import DataUnavailableError, ensure_dataset, resolve_data_dir
-from ..runs import default_cache_dir, parse_option
+from ..runs import default_cache_dir
+from ..spec import RunSpec, spec_from_args
 from .plan import Knobs, PreflightError, Run
 
 # --------------------------------------------------------------------------- preflight
@@ -23,8 +23,8 @@ def newest(out_root: Path, name: str, filename: str) -> Path | None:
     return found[-1] if found else None
 
 
-def _parse(run: Run) -> argparse.Namespace:
-    """The training module's parse of `run.args`, a bad flag raising PreflightError."""
+def run_spec(run: Run) -> RunSpec:
+    """`run`'s spec as its training module reads `run.args`; a bad flag raises PreflightError."""
     from .. import train, train_snli
 
     parser = (train if run.task == "wikitext" else train_snli).parser()
@@ -33,7 +33,10 @@ def _parse(run: Run) -> argparse.Namespace:
         raise PreflightError(f"{run.name}: {message} (check EXTRA_ARGS)")
 
     parser.error = error  # type: ignore[method-assign]
-    return parser.parse_args(run.args)
+    try:
+        return spec_from_args(run.task, parser.parse_args(run.args))
+    except ValueError as e:
+        raise PreflightError(f"{run.name}: {e}") from None
 
 
 def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
@@ -43,15 +46,11 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     (fetched once from the hub if missing and possible), the tokenizer, the DistilBERT
     weights, and with RESUME the configuration of each checkpoint to continue.
     """
-    from ..data.snli import SNLIDataConfig, load_snli_splits
+    from ..data.snli import load_snli_splits
     from ..data.tokenizers import load_tokenizer
-    from ..data.wikitext import LMDataConfig, load_lm_splits
-    from ..models import resolve_config
-    from ..runs import dataclass_from_args, paper_batch_size
-    from ..train_snli import SNLI_DEFAULTS
-    from ..training import TrainConfig
+    from ..data.wikitext import load_lm_splits
 
-    parsed = {run.name: _parse(run) for run in runs}  # the arguments first: they cost nothing
+    specs = {run.name: run_spec(run) for run in runs}  # the arguments first: they cost nothing
     data_dir = resolve_data_dir(knobs.data_dir)
     try:
         for task in dict.fromkeys(r.task for r in runs):
@@ -63,40 +62,21 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     cache = default_cache_dir()
     sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
     for run in runs:
-        ns = parsed[run.name]
-        train_cfg = dataclass_from_args(TrainConfig, ns)
+        spec = specs[run.name]
         try:
-            if run.task == "wikitext":
-                data_cfg: Any = dataclass_from_args(LMDataConfig, ns)
-                batch = ns.batch_size or paper_batch_size(data_cfg.seq_len)
-                epochs = ns.epochs or TrainConfig.epochs
-                options = {**dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers,
-                           "n_positions": ns.n_positions or data_cfg.seq_len,
-                           "vocab_size": len(load_tokenizer(data_cfg.tokenizer))}
-                if ns.mixer_impl:
-                    options["mixer_impl"] = ns.mixer_impl
-                resolve_config(ns.model, ns.preset, **options)
-                load = lambda: load_lm_splits(data_dir, data_cfg, cache)  # noqa: E731
+            if spec.snli_mode == "distilbert":
+                load_tokenizer(spec.data.tokenizer)
             else:
-                batch = ns.batch_size or SNLI_DEFAULTS["batch_size"]
-                epochs = ns.epochs or SNLI_DEFAULTS["epochs"]
-                if ns.mode == "distilbert":
-                    data_cfg = SNLIDataConfig(tokenizer=ns.tokenizer or "bert-base-uncased", encoding="separate",
-                                              sent_len=48, max_len=96)
-                else:
-                    data_cfg = dataclass_from_args(SNLIDataConfig, ns, encoding="pair")
-                    options = {"causal": False, **({"pairing": "both"} if ns.model == "grassmann" else {}),
-                               **dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers,
-                               "n_positions": data_cfg.max_len}
-                    resolve_config(ns.model, ns.preset, **options)
-                load_tokenizer(data_cfg.tokenizer)
-                load = lambda: load_snli_splits(data_dir, data_cfg, cache)  # noqa: E731
-            key = (run.task, json.dumps(asdict(data_cfg), sort_keys=True))
+                spec.model_config()  # resolves the preset and options; loads the tokenizer
+            key = (run.task, json.dumps(asdict(spec.data), sort_keys=True))
             if key not in sizes:
-                splits = load()  # tokenised once here, so the runs find the cache
+                # tokenised once here, so the runs find the cache
+                load = load_lm_splits if run.task == "wikitext" else load_snli_splits
+                splits = load(data_dir, spec.data, cache)
                 sizes[key] = (len(splits["train"]), len(splits["validation"]))
         except (ValueError, DataUnavailableError) as e:
             raise PreflightError(f"{run.name}: {e}") from None
+        train_cfg, batch = spec.train, spec.train.batch_size
         n_train, n_val = sizes[key]
         per_epoch = n_train // batch
         if train_cfg.max_steps_per_epoch:
@@ -104,7 +84,7 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
         if per_epoch == 0 and mode != "eval":
             raise PreflightError(f"{run.name}: the {run.task} training split has fewer than batch_size={batch} items")
         val = -(-n_val // (train_cfg.eval_batch_size or batch))
-        run.epochs, run.steps = epochs, epochs * per_epoch
+        run.epochs, run.steps = train_cfg.epochs, train_cfg.epochs * per_epoch
         run.val_batches = min(val, train_cfg.eval_max_batches) if train_cfg.eval_max_batches else val
     if knobs.resume and mode != "eval":
         for run in runs:
@@ -140,26 +120,17 @@ def measure_step(run: Run, device: Any) -> float:
     on random inputs: the second of two steps, so allocation is not counted."""
     import torch
 
-    from ..models import build_classifier, build_model
     from ..training import autocast
 
-    ns = _parse(run)
-    options = {**dict(parse_option(o) for o in ns.opt), "n_layers": ns.n_layers}
-    if ns.mixer_impl:
-        options["mixer_impl"] = ns.mixer_impl
+    spec = run_spec(run)
     torch.manual_seed(0)
+    model = spec.build().to(device)
+    B, L = spec.train.batch_size, spec.seq_len
     if run.task == "wikitext":
-        from ..runs import paper_batch_size
-
-        L = ns.seq_len or 128
-        B = ns.batch_size or paper_batch_size(L)
-        model = build_model(ns.model, ns.preset, n_positions=L, **options).to(device)
         ids = torch.randint(0, model.cfg.vocab_size, (B, L + 1), device=device)
         loss_of = lambda: torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1).float(),  # noqa: E731
                                                            ids[:, 1:].flatten())
     else:
-        B, L = ns.batch_size or 32, 128
-        model = build_classifier(ns.model, ns.preset, n_positions=L, **options).to(device)
         ids = torch.randint(0, model.cfg.vocab_size, (B, L), device=device)
         mask, labels = torch.ones_like(ids), torch.randint(0, 3, (B,), device=device)
         loss_of = lambda: torch.nn.functional.cross_entropy(model(ids, mask).float(), labels)  # noqa: E731

@@ -18,7 +18,7 @@ from .presets import PRESETS, preset_options
 
 __all__ = [
     "PRESETS", "LanguageModel", "MixerConfig", "ModelConfig", "PairClassifier",
-    "build_classifier", "build_model", "count_parameters", "model_from_config", "resolve_config",
+    "build_classifier", "build_model", "classifier_config", "count_parameters", "model_from_config", "resolve_config",
 ]
 
 
@@ -31,7 +31,6 @@ def resolve_config(kind: str, preset: str = "paper", **options: Any) -> ModelCon
     if kind == "transformer":
         # Mixer fields mean nothing to attention; keep the default so configs stay comparable.
         merged = {k: v for k, v in merged.items() if k not in MixerConfig.__dataclass_fields__}
-        merged.pop("mixer_impl", None)
     else:  # likewise attention's own dropout for the Grassmann model
         merged.pop("attn_dropout", None)
     return validate(apply_options(ModelConfig(kind=kind), **merged))
@@ -47,13 +46,16 @@ def build_model(kind: str, preset: str = "paper", **options: Any) -> LanguageMod
     return LanguageModel(resolve_config(kind, preset, **options))
 
 
-def build_classifier(kind: str, preset: str = "paper", pooling: str = "mean", **options: Any) -> PairClassifier:
-    """An SNLI classifier whose forward(input_ids, attention_mask) returns (B, 3) logits.
-
-    The encoder is bidirectional; the Grassmann encoder pairs in both directions
-    unless `pairing` is given.
-    """
+def classifier_config(kind: str, preset: str = "paper", **options: Any) -> ModelConfig:
+    """The `ModelConfig` of an SNLI encoder: bidirectional, and the Grassmann encoder pairs
+    in both directions unless `causal` or `pairing` is given."""
     options.setdefault("causal", False)
     if kind == "grassmann":
         options.setdefault("pairing", "both")
-    return PairClassifier(resolve_config(kind, preset, **options), pooling=pooling)
+    return resolve_config(kind, preset, **options)
+
+
+def build_classifier(kind: str, preset: str = "paper", pooling: str = "mean", **options: Any) -> PairClassifier:
+    """An SNLI classifier whose forward(input_ids, attention_mask) returns (B, 3) logits
+    (encoder: `classifier_config`)."""
+    return PairClassifier(classifier_config(kind, preset, **options), pooling=pooling)

@@ -24,7 +24,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "projection": ("shared", "per_offset"),
     "gate_output": ("blend", "residual"),
     "extra_proj": ("none", "g", "out", "in"),
-    "impl": ("naive", "fast", "fused"),
+    "mixer_impl": ("naive", "fast", "fused"),
     "kind": ("transformer", "grassmann"),
     "block": ("preln", "postln", "paper_postln"),
     "init": ("pytorch", "gpt2"),
@@ -61,8 +61,9 @@ class MixerConfig:
         b_plü -> W_g b_plü + b_g, a reparametrisation that leaves the function of
         the paper's equations unchanged. "out" acts on the mixer output (the blend,
         so the h path too); "in" on its input (so h in the blend is W_in h + b_in).
-    impl: "naive" (literal per-offset reference), "fast" (exact collapsed rewrite),
-        "fused" (Triton kernel of the collapsed rewrite).
+    mixer_impl: "naive" (literal per-offset reference), "fast" (exact collapsed rewrite),
+        "fused" (Triton kernel of the collapsed rewrite); all three compute the same function.
+        Configs written before the field was renamed call it `impl` (read by `from_dict`).
     """
 
     reduced_dim: int = 32
@@ -79,7 +80,7 @@ class MixerConfig:
     gate_output: str = "blend"
     mixer_norm: bool = False
     extra_proj: str = "none"
-    impl: str = "fast"
+    mixer_impl: str = "fast"
 
     @property
     def n_pluecker(self) -> int:
@@ -145,18 +146,15 @@ class ModelConfig:
             # Configs written before the field existed dropped attention probabilities at `dropout`.
             d["attn_dropout"] = d.get("dropout", cls.dropout)
         mixer = dict(d.pop("mixer", {}))
+        if "impl" in mixer:  # the field's name in configs written before it became `mixer_impl`
+            mixer["mixer_impl"] = mixer.pop("impl")
         if "offsets" in mixer:
             mixer["offsets"] = tuple(mixer["offsets"])
         return cls(**d, mixer=MixerConfig(**mixer))
 
 
 def apply_options(cfg: ModelConfig, **options: Any) -> ModelConfig:
-    """Return `cfg` with `options` applied; mixer fields may be given flat.
-
-    `mixer_impl` is accepted as an alias of the mixer's `impl`.
-    """
-    if "mixer_impl" in options:
-        options["impl"] = options.pop("mixer_impl")
+    """Return `cfg` with `options` applied; mixer fields may be given flat."""
     model_names = {f.name for f in fields(ModelConfig)} - {"mixer"}
     mixer_names = {f.name for f in fields(MixerConfig)}
     top = {k: v for k, v in options.items() if k in model_names}

@@ -1,21 +1,24 @@
-"""The Causal Grassmann mixing layer (paper §3.2) with its three implementations."""
+"""The Causal Grassmann mixing layer (paper §3.2) with its three implementations.
+
+The implementation (`MixerConfig.mixer_impl`: naive, fast or fused) is chosen once, when
+the layer is built (`resolve_impl`); `forward` only runs it.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 import torch.nn as nn
 
+from ...ops.wedge_project import antisymmetrizer, triton_available, wedge_project, wedge_project_reference
 from ..config import MixerConfig
-import os
-
-from ...ops.wedge_project import antisymmetrizer, wedge_project, wedge_project_reference
 from .fast import fast_features
 from .naive import naive_features
 from .stream import RingState, project_last
 
-__all__ = ["GrassmannMixer", "RingState", "resolve_impl"]
+__all__ = ["GrassmannMixer", "RingState", "fused_kernel_runs_on", "resolve_impl"]
 
 
 def resolve_impl(cfg: MixerConfig) -> str:
@@ -24,17 +27,25 @@ def resolve_impl(cfg: MixerConfig) -> str:
     The collapsed rewrite needs one projection shared by all offsets; per-offset
     projections run the naive path. "fused" needs Triton; without it, "fast" runs.
     """
-    impl = cfg.impl
+    impl = cfg.mixer_impl
     if impl != "naive" and cfg.projection == "per_offset":
         warnings.warn("projection='per_offset' has no collapsed form: using mixer_impl='naive'")
         return "naive"
     if impl == "fused":
-        from ...ops.wedge_project import triton_available
-
         if not triton_available():
             warnings.warn("mixer_impl='fused' needs Triton, which is not installed: using 'fast'")
             return "fast"
     return impl
+
+
+def fused_kernel_runs_on(x: torch.Tensor) -> bool:
+    """Whether mixer_impl="fused" runs its Triton kernel on `x`: on CUDA tensors, or on the
+    CPU only through Triton's interpreter (TRITON_INTERPRET=1, as the CPU tests do).
+
+    Elsewhere (a "fused" model moved to the CPU) the PyTorch form runs; it computes the
+    same function, so the choice changes speed, never results.
+    """
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 class GrassmannMixer(nn.Module):
@@ -50,7 +61,7 @@ class GrassmannMixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.offsets = offsets
-        self.impl = resolve_impl(cfg)
+        self.mixer_impl = resolve_impl(cfg)  # fixed for the layer's life: `forward` never re-chooses
         P = cfg.n_pluecker
         self.in_proj = nn.Linear(d_model, d_model) if cfg.extra_proj == "in" else None
         self.reduce = nn.Linear(d_model, cfg.reduced_dim)
@@ -88,19 +99,24 @@ class GrassmannMixer(nn.Module):
         projections: `self.projections()` computed once (the streaming state keeps them).
         """
         weights, biases = self.projections() if projections is None else projections
-        if self.impl == "naive":
+        if self.mixer_impl == "naive":
             g = naive_features(z, weights, biases, self.offsets, self.cfg, pad_mask)
             return g if last is None else g[:, -last:]
-        def project(u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-            return wedge_project(u, w, weight, self.antisym)
-
-        # Triton kernels run on CUDA, or on the CPU only through its interpreter.
-        if self.impl == "fused" and (z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            from ...ops.wedge_project import wedge_project_fused as project
-        if last is not None:  # a few tokens: the Plücker form needs no A = W S (r*r x d) per step
-            project = project_last(wedge_project_reference, last)
+        # A few tokens (the streaming step): the Plücker form needs no A = W S (r*r x d) per step.
+        project = self.wedge if last is None else project_last(wedge_project_reference, last)
         g = fast_features(z, weights[0], biases[0], self.offsets, self.cfg, pad_mask, project)
         return g if last is None else g[:, -last:]
+
+    def wedge(self, u: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """W (u ∧ w): (..., d) from u, w: (..., r) and weight: (d, P), by this layer's implementation.
+
+        "fused" runs the Triton kernel where `fused_kernel_runs_on(u)`, the PyTorch form elsewhere.
+        """
+        if self.mixer_impl == "fused" and fused_kernel_runs_on(u):
+            from ...ops.wedge_project import wedge_project_fused  # imports Triton on first use only
+
+            return wedge_project_fused(u, w, weight)
+        return wedge_project(u, w, weight, self.antisym)
 
     def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RingState:
         """The streaming state before the first token; its size does not depend on `capacity`.

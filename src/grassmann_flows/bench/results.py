@@ -1,4 +1,4 @@
-"""Benchmark JSON of `scripts/benchmark.py`: loading, GPU files, Grassmann/attention ratios.
+"""Reading the benchmark's JSON back: loading, GPU files, Grassmann/attention ratios.
 
 Used keys: "env" ("gpu", "device", "date"); "mixer": rows of one mixing layer with "L",
 "layer" (attention / grassmann-<impl>), "ms" and "peak_mb"; "model": training-step rows
@@ -12,18 +12,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .load import REPO_ROOT, ResultsError, display_path
+from ..utils.paths import REPO_ROOT, display_path
 
 BENCH_DIR = REPO_ROOT / "results" / "bench"
+
+
+class BenchFileError(RuntimeError):
+    """A benchmark JSON that cannot be read; the analysis scripts report it as one line."""
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: cannot read benchmark JSON ({err})") from err
+        raise BenchFileError(f"{path}: cannot read benchmark JSON ({err})") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("mixer"), list) or not isinstance(doc.get("model"), list):
-        raise ResultsError(f"{path}: expected the JSON of scripts/benchmark.py (keys env, mixer, model)")
+        raise BenchFileError(f"{path}: expected the JSON of scripts/benchmark.py (keys env, mixer, model)")
     return doc
 
 
@@ -38,7 +42,7 @@ def load_bench(path: Path) -> dict[str, Any]:
         return _read(path)
     files = sorted(path.rglob("*.json"))
     if not files:
-        raise ResultsError(f"{path}: no benchmark JSON in this directory")
+        raise BenchFileError(f"{path}: no benchmark JSON in this directory")
     docs = [_read(p) for p in files]
     return {**docs[0], "sources": [display_path(p) for p in files],
             **{part: [row for doc in docs for row in doc.get(part) or []] for part in ("mixer", "model", "decode")}}
