@@ -310,6 +310,8 @@ def _model_point(
 
 def bench_decode(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Per-token latency and state memory of incremental decoding at each context C."""
+    from grassmann_flows.hf.bench import generate_point
+
     extra = QUICK_MODEL_OPTIONS if args.quick else {}
     n_layers = QUICK_DECODE["n_layers"] if args.quick else DECODE_OPTIONS["n_layers"]
     tables = (
@@ -331,6 +333,8 @@ def bench_decode(args: argparse.Namespace, device: torch.device) -> list[dict[st
                         row["skipped"] = f"state of {mb:.0f} MB > --max-state-mb {args.max_state_mb:g}"
                     else:
                         row.update(guarded(lambda: _decode_point(args, device, model, B, C), device))
+                        if "ms" in row:  # transformers' .generate() over the same positions and state
+                            row["generate"] = guarded(lambda: generate_point(model, B, C, row["steps"], _fill_state), device)
                     rows.append(row)
                     _progress("decode", row)
             del model
@@ -738,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     if result["decode"]:
         print("## (c) Generation: per-token latency and state at context C (Grassmann / Transformer)\n")
         print(decode_table(result["decode"]))
+        from grassmann_flows.hf.bench import generate_table
+
+        print("## (c) The project's loop and transformers' .generate(), same positions and state\n")
+        print(generate_table(result["decode"]))
     print(f"wrote {json_path}" + "".join(f", {f}" for f in result.get("plots", [])))
     return 0
 

@@ -308,3 +308,27 @@ def test_install_registers_at_once_when_transformers_is_imported(monkeypatch):
     install()
     assert set(CONFIG_MAPPING._extra_content) == {"grassmann_flows_grassmann", "grassmann_flows_transformer"}
     assert set(MODEL_FOR_CAUSAL_LM_MAPPING._extra_content) == set(CONFIG_CLASSES.values())
+
+
+# ------------------------------------------------------------------- decode benchmark
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_point_ends_at_the_context_with_the_state_of_the_own_loop(kind):
+    from grassmann_flows.hf.bench import generate_point, generate_table
+
+    lm = tiny_lm(kind)
+    fed = prompt(B=3, L=N_POS, seed=2)
+
+    def fill(state, n):  # a real prefix, decoded through the state
+        lm(fed[:, :n], state=state)
+
+    result = generate_point(lm, B=3, C=12, n_new=4, fill_state=fill, repeats=2)
+    own = lm.new_state(3, 12)
+    fill(own, 12)
+    assert result["state_mb"] == own.nbytes() / 2**20 and result["new_tokens"] == 4
+    assert result["ms"] > 0 and result["tokens_per_s"] == 3 / (result["ms"] / 1e3)
+    row = {"model": kind, "n_positions": N_POS, "B": 3, "C": 12, "ms": 1.0, "tokens_per_s": 3000.0,
+           "state_mb": own.nbytes() / 2**20, "generate": result}
+    table = generate_table([row, {"model": kind, "B": 32, "C": 12, "skipped": "state too large"}])
+    assert f"| {kind} | {N_POS} | 3 | 12 | 1.00 | {result['ms']:.2f} |" in table
+    assert f"- {kind} B=32 C=12: state too large" in table

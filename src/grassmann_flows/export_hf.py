@@ -30,8 +30,7 @@ from .runs import cli, load_run
 def export(run: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the HF folder of `run` (a run directory or a .pt path) to `out_dir`; returns it."""
     from .data.tokenizers import TOKENIZER_FILES_DIR, load_tokenizer
-    from .hf.configuration import GrassmannFlowsConfig
-    from .hf.modeling import MODEL_CLASSES
+    from .hf.modeling import GrassmannFlowsForCausalLM
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -39,10 +38,7 @@ def export(run: str | Path, out_dir: str | Path, overwrite: bool = False) -> Pat
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"{out_dir} is not empty: choose a new folder, or pass --overwrite to replace it")
     model, meta, _ = load_run(run, {"task": "wikitext"}, "cpu")
-    config = GrassmannFlowsConfig.from_model_config(model.cfg)
-    with torch.device("meta"):  # the weights are the run's: nothing to initialise
-        hf_model = MODEL_CLASSES[model.cfg.kind](config)
-    hf_model.model = model
+    hf_model = GrassmannFlowsForCausalLM.from_language_model(model)
     tokenizer = meta["data"]["tokenizer"]
     load_tokenizer(tokenizer)  # an unknown name fails here, before anything is written
 

@@ -19,9 +19,9 @@ does it explicitly. The classes live in `grassmann_flows.hf.configuration` and
 from __future__ import annotations
 
 import sys
-import warnings
-from types import ModuleType
-from typing import Callable
+
+# Only sys at import time: typing, types and warnings would cost more than the hook itself
+# (annotations are strings, from __future__).
 
 
 def register_configs() -> None:
@@ -51,7 +51,7 @@ def register() -> None:
 
 
 # transformers module -> the registration that needs it
-_HOOKS: dict[str, Callable[[], None]] = {
+_HOOKS: "dict[str, Callable[[], None]]" = {
     "transformers.models.auto.configuration_auto": register_configs,
     "transformers.models.auto.modeling_auto": register_models,
 }
@@ -62,6 +62,8 @@ def _run(hook: Callable[[], None]) -> None:
     try:
         hook()
     except Exception as e:  # noqa: BLE001 (an old transformers, ...): the user's import must still work
+        import warnings
+
         warnings.warn(f"grassmann_flows: the transformers integration is unavailable: {e}", stacklevel=2)
 
 

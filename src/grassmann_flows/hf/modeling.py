@@ -118,6 +118,15 @@ class GrassmannFlowsForCausalLM(PreTrainedModel, GenerationMixin):
             if self.config.init == "gpt2":
                 _gpt2_init(module)
 
+    @classmethod
+    def from_language_model(cls, model: LanguageModel) -> "GrassmannFlowsForCausalLM":
+        """The transformers model of `model`'s kind around `model` itself (shared, not copied)."""
+        config = GrassmannFlowsConfig.from_model_config(model.cfg)
+        with torch.device("meta"):  # its own LanguageModel is replaced at once: allocate nothing
+            wrapper = MODEL_CLASSES[model.cfg.kind](config)
+        wrapper.model = model
+        return wrapper.train(model.training)
+
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.backbone.tok_emb
 
