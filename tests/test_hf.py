@@ -170,6 +170,19 @@ def test_labels_give_the_shifted_cross_entropy(kind):
     assert torch.allclose(out.loss, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_with_a_cache_continues_the_sequence(kind):
+    """A manual loop: use_cache=True starts a cache, later calls continue it."""
+    hf = hf_of(tiny_lm(kind))
+    ids = prompt(L=11)
+    with torch.no_grad():
+        first = hf(ids[:, :6], use_cache=True)
+        steps = [first.logits] + [hf(ids[:, t:t + 1], cache=first.cache).logits for t in range(6, 11)]
+        assert first.cache.get_seq_length() == 11
+        assert torch.allclose(torch.cat(steps, 1), hf(ids).logits, rtol=1e-5, atol=1e-6)
+    assert hf(ids).cache is None  # no cache unless asked for
+
+
 def test_padding_is_refused_with_reason():
     hf = hf_of(tiny_lm("grassmann"))
     ids = prompt()

@@ -41,6 +41,8 @@ class GrassmannFlowsConfig(PretrainedConfig):
         "hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
         "intermediate_size": "d_ff", "max_position_embeddings": "n_positions",
     }
+    # The class body's namespace: ModelConfig's fields become this dataclass's fields here,
+    # generated rather than listed again, so the two cannot drift apart.
     locals().update(_model_fields())
 
     def to_model_config(self) -> ModelConfig:
