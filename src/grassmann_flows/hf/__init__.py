@@ -19,9 +19,11 @@ does it explicitly. The classes live in `grassmann_flows.hf.configuration` and
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-# Only sys at import time: typing, types and warnings would cost more than the hook itself
-# (annotations are strings, from __future__).
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
 
 
 def register_configs() -> None:
@@ -51,7 +53,7 @@ def register() -> None:
 
 
 # transformers module -> the registration that needs it
-_HOOKS: "dict[str, Callable[[], None]]" = {
+_HOOKS: dict[str, Callable[[], None]] = {
     "transformers.models.auto.configuration_auto": register_configs,
     "transformers.models.auto.modeling_auto": register_models,
 }
