@@ -40,7 +40,8 @@ import torch
 
 from ..data.sources import REPO_ROOT
 from ..utils.env import environment
-from .decode import bench_decode, decode_table, plot_decode
+from ..hf.bench import generate_table
+from .decode import GENERATE_SUFFIX, bench_decode, decode_table, plot_decode
 from .mixer import IMPLS, MIXER_LENGTHS, MIXER_TOKENS, QUICK_TOKENS, bench_mixer, mixer_tables, plot
 from .model import bench_models, model_table, project_grid, projection_table
 from .timing import fused_skip_reason, slug
@@ -173,5 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if result["decode"]:
         print("## (c) Generation: per-token latency and state at context C (Grassmann / Transformer)\n")
         print(decode_table(result["decode"]))
+        print("## (c) The project's loop and transformers' .generate(), same positions and state\n")
+        print(generate_table(result["decode"], GENERATE_SUFFIX))
     print(f"wrote {json_path}" + "".join(f", {f}" for f in result.get("plots", [])))
     return 0

@@ -133,16 +133,29 @@ def _fill_state(state: Any, n: int) -> None:
     state.position = n
 
 
-# The decoders timed, in table order; the ratios are against REFERENCE. Another way of
-# generating (e.g. a library's generate loop) is one more entry with its own build and point.
-DECODERS = [Decoder(kind, _paper_lm(kind), _state_mb, _decode_point) for kind in ("transformer", "grassmann")]
+def _hf_generate_point(args: argparse.Namespace, device: torch.device, model: torch.nn.Module,
+                       B: int, C: int) -> dict[str, Any]:
+    """transformers' greedy `.generate()` over the positions `_decode_point` times, from a state
+    filled the same way (`hf/bench.py`); transformers is imported only when this row runs."""
+    from ..hf.bench import generate_point
+
+    return generate_point(model, B, C, min(args.steps, max(1, C // 2)), _fill_state)
+
+
+# The decoders timed, in table order; the ratios are against REFERENCE. Each model is timed
+# through the project's own loop and through transformers' `.generate()` (GENERATE_SUFFIX).
+KINDS = ("transformer", "grassmann")
+GENERATE_SUFFIX = " .generate()"
+DECODERS = [*(Decoder(kind, _paper_lm(kind), _state_mb, _decode_point) for kind in KINDS),
+            *(Decoder(kind + GENERATE_SUFFIX, _paper_lm(kind), _state_mb, _hf_generate_point) for kind in KINDS)]
 REFERENCE = "transformer"
 
 
 def decode_table(rows: list[dict[str, Any]]) -> str:
     """Per-token ms, state MB and peak MB of every decoder at each (n_positions, B, C), with
     each decoder's ms over REFERENCE's and REFERENCE's state over each decoder's."""
-    names = [d.name for d in DECODERS if any(r["model"] == d.name for r in rows)]
+    # transformers' .generate() rows are set against their own model's loop in `hf.bench.generate_table`
+    names = [d.name for d in DECODERS if not d.name.endswith(GENERATE_SUFFIX) and any(r["model"] == d.name for r in rows)]
     others = [n for n in names if n != REFERENCE]
     ref = REFERENCE.capitalize()
     by = {(r["n_positions"], r["B"], r["C"], r["model"]): r for r in rows}
