@@ -16,6 +16,7 @@ import pytest
 
 from grassmann_flows import grid
 from grassmann_flows.data.sources import dataset_files
+from grassmann_flows.models.snli_heads import save_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "data"
@@ -56,6 +57,25 @@ def test_default_plan_three_seeds_names_carry_preset_and_lr_controls_after_main(
     assert t.name.endswith("_postln") and "block=postln" in t.args
     assert g.name.endswith("_noextra") and "extra_proj=none" in g.args
     assert plan({"CONTROLS": "0"}) == main
+
+
+def test_quick_plan_is_the_default_grid_on_tiny_models() -> None:
+    runs = plan({"QUICK": "1"}, datasets=("wikitext", "snli"))
+    by_stage = collections.Counter(r.stage for r in runs)
+    assert by_stage == {"main": 2, "controls": 2, "snli": 3}  # every kind of run of the default grid
+    assert {r.name for r in runs} >= {"grassmann_wikitext_L32_N2_paper_lr6e-4_s0",
+                                      "transformer_wikitext_L32_N2_paper_lr6e-4_s0_postln",
+                                      "transformer_snli_distilbert_siamese_lr3e-4_s0"}
+    for r in runs:
+        assert "--quick" in r.args and r.args[r.args.index("--epochs") + 1] == "2"
+        opts = [r.args[i + 1] for i, a in enumerate(r.args) if a in ("--opt", "--head-opt")]
+        assert "d_model=16" in opts if r.task == "wikitext" else "d_model=32" in opts
+    # the user's knobs win over QUICK's defaults, and a tiny backbone stands in for DistilBERT
+    knobs = grid.Knobs.from_env({"QUICK": "1", "SEEDS": "0,1", "SEQ_LENS": "64"})
+    assert knobs.seeds == [0, 1] and knobs.seq_lens == [64] and knobs.depths == [2]
+    assert knobs.quick_backbone and knobs.distilbert_dir.endswith(grid.plan.QUICK_BACKBONE)
+    assert not grid.Knobs.from_env({"QUICK": "1", "DISTILBERT_DIR": "/x"}).quick_backbone
+    assert grid.Knobs.from_env({"QUICK": "1", "PARALLEL_RUNS": "2"}).runs_per_gpu is None
 
 
 def test_lrs_go_into_names_commands_and_expectations() -> None:
@@ -252,27 +272,17 @@ def load_dataset(*names):
     return stub
 
 
-def _tiny_distilbert(path: Path) -> Path:
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
-
-    torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64)
-    DistilBertModel(cfg).save_pretrained(path)
-    return path
-
-
 def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     """speedrun.sh all all in a fresh copy with the defaults: data from the hub (a stub), SNLI on a
     local DistilBERT (tiny), the controls, two runs at once. Only the sizes are cut (QUICK=1 and the
     tiny knobs), to keep the suite fast."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml"):
+    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml", "results/reference"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     log = tmp_path / "hub_calls.txt"
     env = {**os.environ, **TINY, "PYTHON": sys.executable, "PYTHONPATH": str(_stub_dir(tmp_path)),
-           "STUB_LOG": str(log), "DISTILBERT_DIR": str(_tiny_distilbert(tmp_path / "distilbert")),
+           "STUB_LOG": str(log), "DISTILBERT_DIR": str(save_tiny_backbone(tmp_path / "distilbert")),
            "RUNS_PER_GPU": "2"}
     for key in ("DATA_DIR", "OUT_ROOT", "CACHE_DIR", "SNLI_MODE", "PRESET", "CONTROLS", "LRS"):
         env.pop(key, None)
@@ -288,7 +298,7 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     for task in ("wikitext", "snli"):  # the local layout was written
         assert all(p.is_file() for p in dataset_files(task, repo / "data").values())
     (stamp,) = (repo / "outputs").iterdir()
-    names = {p.name for p in stamp.iterdir() if p.is_dir()}
+    names = {p.name for p in stamp.iterdir() if (p / "config.json").is_file()}  # the runs (not images/)
     assert names == {"transformer_wikitext_L16_N1_paper_lr6e-4_s0", "grassmann_wikitext_L16_N1_paper_lr6e-4_s0",
                      "transformer_wikitext_L16_N1_paper_lr6e-4_s0_postln",
                      "grassmann_wikitext_L16_N1_paper_lr6e-4_s0_noextra",
@@ -297,8 +307,14 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     for name in names:
         results = json.loads((stamp / name / "results.json").read_text())
         assert results["status"] == "completed" and results["lr"] in (6e-4, 3e-4)
+        assert results["quick"] is True  # a smoke run, never compared with real runs
+        assert json.loads((stamp / name / "config.json").read_text())["summary"]["quick"] is True
         assert json.loads((stamp / name / "eval_test.json").read_text())["split"] == "test"
     assert (stamp / "queue.json").is_file()
+    # QUICK ends with the analysis a user runs next: its tables and figures read every run
+    analysis = (stamp / "analysis.md").read_text()
+    assert all(name in analysis for name in names if "wikitext" in name)
+    assert list((stamp / "images").glob("*.png"))
     # a second run is offline: the hub is not asked again; eval mode finds every checkpoint
     res = run("grassmann", "all", "eval")
     assert len(log.read_text().splitlines()) == 2

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from .data.sources import ensure_dataset, resolve_data_dir
 from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
 from .models import PRESETS, build_model, count_parameters, resolve_config
-from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
-                   paper_batch_size, parse_option, run_name)
+from .runs import (QUICK_HELP, add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
+                   info, paper_batch_size, parse_option, run_name)
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
 
 
@@ -89,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="tokenised-split cache (default: $CACHE_DIR or <repo>/cache)")
     p.add_argument("--out-dir", default=None, help="run directory (default: outputs/manual/<run name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     add_dataclass_args(p, LMDataConfig)
     add_dataclass_args(p, TrainConfig)
     return p
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": {**asdict(data_cfg), "data_dir": str(data_dir), "corpus": corpus},
         "summary": {"run_name": name, "task": "wikitext", "model": args.model, "preset": args.preset,
                     "tag": args.tag, "seq_len": data_cfg.seq_len, "n_layers": args.n_layers,
-                    "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus, "data_dir": str(data_dir)},
+                    "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus, "data_dir": str(data_dir),
+                    **({"quick": True} if args.quick else {})},
     }
     results = fit(model, LMTask(splits), train_cfg, out_dir, run_info, resume=args.resume)
     return exit_code(results)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
 from .data.sources import ensure_dataset, resolve_data_dir
 from .models import PRESETS, build_classifier, count_parameters
-from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir, info,
-                   parse_option, run_name)
+from .runs import (QUICK_HELP, add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
+                   info, parse_option, run_name)
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device, to_device
@@ -107,6 +107,7 @@ def distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache
     (so checkpoints hold the head alone). Fine-tuned: the whole model on token ids.
     """
     options = {"combine": head["combine"]} if head.get("combine") else {}  # Transformer head only
+    options.update(head.get("options", {}))  # --head-opt (absent from runs written before it)
     model = build_snli_model(head["head"], head["backbone"], finetune_backbone=head["finetune_backbone"],
                              encoding=head["encoding"], **options)
     if head["finetune_backbone"]:
@@ -131,11 +132,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out-dir", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--backbone", default="distilbert-base-uncased",
                    help="distilbert mode: hub name or local directory of the backbone")
     p.add_argument("--finetune-backbone", action="store_true", help="distilbert mode: train the backbone too")
     p.add_argument("--encoding", default="separate", choices=("separate", "pair"),
                    help="distilbert mode: premise and hypothesis as two 48-token inputs (paper) or one pair")
+    p.add_argument("--head-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="distilbert mode: an argument of the head's constructor, e.g. --head-opt d_model=32 "
+                        "(repeatable; default: the paper's head)")
     p.add_argument("--transformer-head", default=None, choices=("joint", "siamese"),
                    help="distilbert mode, --model transformer: attend across both sentences and end in a "
                         "linear layer (joint, default), or encode each alone and end in the Grassmann head's "
@@ -161,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus = corpus_label("snli", data_dir)
     summary = {"task": "snli", "snli_mode": args.mode, "model": args.model, "preset": args.preset,
                "tag": args.tag, "n_layers": args.n_layers, "seed": train_cfg.seed, "lr": train_cfg.lr, "corpus": corpus,
-               "data_dir": str(data_dir)}
+               "data_dir": str(data_dir), **({"quick": True} if args.quick else {})}
     torch.manual_seed(train_cfg.seed)
     if args.mode == "scratch":
-        if args.transformer_head:
-            raise ValueError("--transformer-head configures the DistilBERT Transformer head (--mode distilbert)")
+        if args.transformer_head or args.head_opt:
+            raise ValueError("--transformer-head and --head-opt configure the DistilBERT heads (--mode distilbert)")
         from .data.tokenizers import load_tokenizer
 
         options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         name = run_name(args.model, "snli", None, None, train_cfg.seed, args.tag, preset=None, lr=train_cfg.lr,
                         head=combine)
         head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
-                "encoding": args.encoding, "combine": combine}
+                "encoding": args.encoding, "combine": combine,
+                **({"options": dict(parse_option(o) for o in args.head_opt)} if args.head_opt else {})}
         data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
                                   max_len=2 * 48)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)

@@ -59,6 +59,10 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     except DataUnavailableError as e:
         raise PreflightError(str(e)) from None
     if any(r.snli_mode == "distilbert" for r in runs):
+        if knobs.quick_backbone and not Path(knobs.distilbert_dir or "").is_dir():
+            from ..models.snli_heads import save_tiny_backbone
+
+            save_tiny_backbone(Path(knobs.distilbert_dir or ""))
         _check_backbone(knobs.distilbert_dir)
     cache = default_cache_dir()
     sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
