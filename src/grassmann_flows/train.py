@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.sources import ensure_dataset, resolve_data_dir
+from .data.sources import data_dir_given, ensure_dataset, resolve_data_dir
 from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
 from .models import PRESETS, build_model, count_parameters, resolve_config
 from .runs import (QUICK_HELP, add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mixer_impl:
         options["mixer_impl"] = args.mixer_impl
     data_dir = resolve_data_dir(args.data_dir)
-    ensure_dataset("wikitext", data_dir)  # fails here, before any work, if the data is missing
+    ensure_dataset("wikitext", data_dir, fetch=not data_dir_given(args.data_dir))  # fails here, before any work
     from .data.tokenizers import load_tokenizer
 
     options["vocab_size"] = len(load_tokenizer(data_cfg.tokenizer))

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
-from .data.sources import ensure_dataset, resolve_data_dir
+from .data.sources import data_dir_given, ensure_dataset, resolve_data_dir
 from .models import PRESETS, build_classifier, count_parameters
 from .runs import (QUICK_HELP, add_dataclass_args, cli, corpus_label, dataclass_from_args, default_cache_dir,
                    info, parse_option, run_name)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mixer_impl:
         options["mixer_impl"] = args.mixer_impl
     data_dir = resolve_data_dir(args.data_dir)
-    ensure_dataset("snli", data_dir)
+    ensure_dataset("snli", data_dir, fetch=not data_dir_given(args.data_dir))
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     corpus = corpus_label("snli", data_dir)
     summary = {"task": "snli", "snli_mode": args.mode, "model": args.model, "preset": args.preset,

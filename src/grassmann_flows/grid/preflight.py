@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.sources import DataUnavailableError, ensure_dataset, resolve_data_dir
+from ..data.sources import SPLITS, DataUnavailableError, ensure_dataset, resolve_data_dir
 from ..runs import default_cache_dir, parse_option
 from .plan import Knobs, PreflightError, Run
 
@@ -52,10 +52,16 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     from ..training import TrainConfig
 
     parsed = {run.name: _parse(run) for run in runs}  # the arguments first: they cost nothing
+    if mode == "eval":
+        untrained = [r.name for r in runs if newest(knobs.out_root, r.name, "best.pt") is None]
+        if len(untrained) == len(runs):
+            raise PreflightError(f"no trained run to evaluate: none of the {len(runs)} run(s) of this grid has a "
+                                 f"{knobs.out_root}/*/<run>/best.pt (e.g. {untrained[0]}); train them first "
+                                 "(mode train or both)")
     data_dir = resolve_data_dir(knobs.data_dir)
     try:
-        for task in dict.fromkeys(r.task for r in runs):
-            ensure_dataset(task, data_dir)
+        for task in dict.fromkeys(r.task for r in runs):  # evaluation reads the test split alone
+            ensure_dataset(task, data_dir, ("test",) if mode == "eval" else SPLITS, fetch=not knobs.data_dir)
     except DataUnavailableError as e:
         raise PreflightError(str(e)) from None
     if any(r.snli_mode == "distilbert" for r in runs):
@@ -95,6 +101,8 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
                     resolve_config(ns.model, ns.preset, **options)
                 load_tokenizer(data_cfg.tokenizer)
                 load = lambda: load_snli_splits(data_dir, data_cfg, cache)  # noqa: E731
+            if mode == "eval":  # no training: no steps to count, no training split to read
+                continue
             key = (run.task, json.dumps(asdict(data_cfg), sort_keys=True))
             if key not in sizes:
                 splits = load()  # tokenised once here, so the runs find the cache
