@@ -294,7 +294,7 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     tiny knobs), to keep the suite fast."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml", "results/reference"):
+    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml", "results"):  # results: the analysis reads it
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     log = tmp_path / "hub_calls.txt"
     hub = socket.create_server(("127.0.0.1", 0))  # the hub's address answers (the stub serves the data)
@@ -349,7 +349,7 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
                 n = json.loads((stamp / name / "eval_test.json").read_text())["blocks"]["n_targets"]
                 assert f"n_targets={n}" in eval_log
     # the last line names the folder the evaluated runs are in (no new one is made)
-    assert f"outputs under {stamp} (" in res.stdout.splitlines()[-1]
+    assert f"outputs under {stamp.relative_to(repo)} (" in res.stdout.splitlines()[-1]  # OUT_ROOT: outputs
     assert sorted((repo / "outputs").iterdir()) == [stamp]
     hub.close()
 
