@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             estimates = estimate(runs, lambda: queue.stop_reason is None and time.time() < until)
     for i, run in enumerate(runs, 1):
         est = estimates.get(run.name)
-        print(f"  {i:3d}. [{run.stage}] {run.name}: " + ("its newest best.pt" if args.mode == "eval" else f"{run.steps} steps")
+        work = "its newest best.pt" if args.mode == "eval" else f"{run.steps} steps"
+        print(f"  {i:3d}. [{run.stage}] {run.name}: {work}"
               + (f", about {_fmt_s(est)} s" if est is not None else ", not estimated" if estimates else ""),
               flush=True)
     if estimates:
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"speedrun: QUICK's {failed_step}", file=sys.stderr)
             return 1
     # the folders that exist: eval and RESUME=1 runs live in earlier grids' folders
-    where = sorted({Path(o.out_dir).parent for o in outcomes if o.out_dir} | ({stamp_dir} if stamp_dir.is_dir() else set()))
+    where = sorted({Path(o.out_dir).parent for o in outcomes if o.out_dir}
+                   | ({stamp_dir} if stamp_dir.is_dir() else set()))
     folder = where[0] if len(where) == 1 else knobs.out_root
     print(f"speedrun: done in {wall:.0f} s; outputs under {', '.join(map(str, where)) or 'nothing'} "
           f"(summary: python scripts/analyze_best_results.py {folder})")
