@@ -18,10 +18,15 @@
 #   SNLI_MODE             [distilbert] distilbert (the paper's heads on frozen DistilBERT) | scratch
 #   DISTILBERT_DIR        [hub]      local copy of distilbert-base-uncased (else the HF cache / the hub)
 #   SNLI_LAYERS           [6]        depth of the from-scratch SNLI encoders
-#   DATA_DIR              [./data]   local data (layout: see docs/running.md); fetched from the hub if missing
+#   DATA_DIR              [./data]   local data (layout: see docs/running.md); only ./data is fetched from the hub
+#                                    when missing: a DATA_DIR you set must hold the files
 #   OUT_ROOT              [outputs]  where outputs/<timestamp>/<run>/ go
 #   CACHE_DIR             [./cache]  tokenised splits and the shared torch.compile / Triton cache
-#   QUICK=1               a few steps on tiny settings: the CPU smoke run
+#   QUICK=1               the smoke run: the same grid (main runs, controls, SNLI heads, evaluation)
+#                                    on tiny models (d_model 16-32, N=2, L=32, seed 0, 2 epochs of 3 steps,
+#                                    the heads on a tiny random DistilBERT unless DISTILBERT_DIR is set),
+#                                    two at once, then the analysis and figures into the grid's folder; a
+#                                    few minutes on a laptop CPU. Knobs you set win; results say "quick": true
 #   RESUME=1              continue each run from its newest last.pt (a finished run is only evaluated)
 #   RUNS_PER_GPU          [auto on GPUs, 1 on the CPU] training processes at once per GPU (or on the CPU)
 #   NPROC                 [1] >1: each run is one torchrun DDP job over NPROC GPUs

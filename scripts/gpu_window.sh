@@ -43,7 +43,7 @@ OUT="${OUT_ROOT:-outputs}/$STAMP"
 BENCH_OUT="results/bench/$STAMP"
 if [ "${QUICK:-0}" = 1 ]; then BENCH_OUT="$OUT/bench"; fi  # a smoke run's timings stay beside its outputs
 mkdir -p "$OUT"
-export DATA_DIR="${DATA_DIR:-data}"
+# DATA_DIR unset means data/ (the runs' default), which alone is filled from the hub when files are missing
 export SNLI_MODE=scratch   # the window trains SNLI from scratch; it has no DistilBERT weights
 export PATIENCE="${PATIENCE:-3}"  # on the reduced corpus the best epoch comes early
 if [ "${QUICK:-0}" = 1 ] && ! command -v nvidia-smi >/dev/null 2>&1; then

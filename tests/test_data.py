@@ -54,10 +54,28 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
     assert resolve_data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
 
 
+@pytest.fixture(autouse=True)
+def fresh_hub_check():
+    """hub_blockers is checked once per process: each test checks afresh."""
+    sources.hub_blockers.cache_clear()
+    yield
+    sources.hub_blockers.cache_clear()
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on: connecting to it is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.parametrize("name, file", [("wikitext", "wikitext-2-raw-v1/train.txt"),
                                          ("snli", "snli_1.0/test.jsonl.gz")])
 def test_missing_data_without_datasets(monkeypatch, tmp_path, name, file):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    monkeypatch.setattr(sources, "_hub_unreachable", lambda: None)  # the network is there
     with pytest.raises(DataUnavailableError) as e:
         ensure_dataset(name, tmp_path)
     msg = str(e.value)
@@ -65,10 +83,51 @@ def test_missing_data_without_datasets(monkeypatch, tmp_path, name, file):
     assert str(tmp_path / file) in msg
     assert "--data-dir" in msg and "DATA_DIR" in msg  # way 1: local files
     assert "pip install datasets" in msg and "Hugging Face hub" in msg  # way 2: the hub
+    assert "reached" not in msg  # only what is true
+
+
+def test_missing_data_without_network_says_so_and_never_asks_the_hub(monkeypatch, tmp_path):
+    calls = []  # datasets is installed...
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a: calls.append(a)))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")  # ...and the hub is unreachable
+    with pytest.raises(DataUnavailableError) as e:
+        ensure_dataset("wikitext", tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot be reached" in msg and "DATA_DIR" in msg
+    assert "pip install" not in msg and calls == []  # datasets is there; no download was tried
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sources.hub_blockers.cache_clear()
+    with pytest.raises(DataUnavailableError, match="HF_HUB_OFFLINE is set"):
+        ensure_dataset("wikitext", tmp_path)
+
+
+def test_a_data_dir_the_user_gave_is_never_filled_from_the_hub(monkeypatch, tmp_path):
+    calls = fake_datasets(monkeypatch, {})
+    with pytest.raises(DataUnavailableError) as e:
+        ensure_dataset("snli", tmp_path / "typo", fetch=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "typo" / "snli_1.0" / "train.jsonl.gz") in msg
+    assert "DATA_DIR" in msg and "datasets" not in msg and calls == []
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    assert sources.data_dir_given("x") and not sources.data_dir_given(None)
+    monkeypatch.setenv("DATA_DIR", "y")
+    assert sources.data_dir_given(None)
+
+
+def test_one_split_is_enough_when_only_it_is_asked_for(tmp_path):
+    (tmp_path / "snli_1.0").mkdir()
+    (tmp_path / "snli_1.0" / "test.jsonl.gz").write_bytes((FIXTURES / "snli_1.0" / "test.jsonl.gz").read_bytes())
+    assert set(ensure_dataset("snli", tmp_path, ("test",), fetch=False)) == {"test"}
+    with pytest.raises(DataUnavailableError, match="train.jsonl.gz"):
+        ensure_dataset("snli", tmp_path, fetch=False)
 
 
 def fake_datasets(monkeypatch, tables: dict) -> list:
-    """Install a stand-in `datasets` module whose load_dataset returns `tables`."""
+    """Install a stand-in `datasets` module whose load_dataset returns `tables`, with the hub
+    reachable."""
+    monkeypatch.setattr(sources, "_hub_unreachable", lambda: None)
     calls = []
 
     def load_dataset(*args):
@@ -106,7 +165,7 @@ def test_hub_fetch_writes_snli_layout(monkeypatch, tmp_path):
 
 def test_hub_failure_is_one_line(monkeypatch, tmp_path):
     fake_datasets(monkeypatch, ConnectionError("no route to host\nretry later"))
-    with pytest.raises(DataUnavailableError, match="fetching from the hub failed: ConnectionError") as e:
+    with pytest.raises(DataUnavailableError, match="from the Hugging Face hub failed .ConnectionError") as e:
         ensure_dataset("snli", tmp_path)
     assert "\n" not in str(e.value)
 

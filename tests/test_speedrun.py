@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from grassmann_flows import grid
 from grassmann_flows.data.sources import dataset_files
+from grassmann_flows.models.snli_heads import save_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "data"
@@ -56,6 +58,25 @@ def test_default_plan_three_seeds_names_carry_preset_and_lr_controls_after_main(
     assert t.name.endswith("_postln") and "block=postln" in t.args
     assert g.name.endswith("_noextra") and "extra_proj=none" in g.args
     assert plan({"CONTROLS": "0"}) == main
+
+
+def test_quick_plan_is_the_default_grid_on_tiny_models() -> None:
+    runs = plan({"QUICK": "1"}, datasets=("wikitext", "snli"))
+    by_stage = collections.Counter(r.stage for r in runs)
+    assert by_stage == {"main": 2, "controls": 2, "snli": 3}  # every kind of run of the default grid
+    assert {r.name for r in runs} >= {"grassmann_wikitext_L32_N2_paper_lr6e-4_s0",
+                                      "transformer_wikitext_L32_N2_paper_lr6e-4_s0_postln",
+                                      "transformer_snli_distilbert_siamese_lr3e-4_s0"}
+    for r in runs:
+        assert "--quick" in r.args and r.args[r.args.index("--epochs") + 1] == "2"
+        opts = [r.args[i + 1] for i, a in enumerate(r.args) if a in ("--opt", "--head-opt")]
+        assert "d_model=16" in opts if r.task == "wikitext" else "d_model=32" in opts
+    # the user's knobs win over QUICK's defaults, and a tiny backbone stands in for DistilBERT
+    knobs = grid.Knobs.from_env({"QUICK": "1", "SEEDS": "0,1", "SEQ_LENS": "64"})
+    assert knobs.seeds == [0, 1] and knobs.seq_lens == [64] and knobs.depths == [2]
+    assert knobs.quick_backbone and knobs.distilbert_dir.endswith(grid.plan.QUICK_BACKBONE)
+    assert not grid.Knobs.from_env({"QUICK": "1", "DISTILBERT_DIR": "/x"}).quick_backbone
+    assert grid.Knobs.from_env({"QUICK": "1", "PARALLEL_RUNS": "2"}).runs_per_gpu is None
 
 
 def test_lrs_go_into_names_commands_and_expectations() -> None:
@@ -116,12 +137,15 @@ def test_bad_arguments_print_usage_and_fail(tmp_path: Path, args: tuple[str, ...
 
 
 def test_missing_data_is_one_line_before_any_run(tmp_path: Path) -> None:
+    log = tmp_path / "hub_calls.txt"
     res = speedrun(tmp_path, "all", "wikitext", DATA_DIR=str(tmp_path / "nowhere"),
-                   PYTHONPATH=str(_stub_dir(tmp_path, missing=True)))
+                   PYTHONPATH=str(_stub_dir(tmp_path)), STUB_LOG=str(log))
     assert res.returncode == 2
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: wikitext data missing"), res.stderr
-    assert "DATA_DIR" in err[0] and "datasets is not installed" in err[0]
+    # the DATA_DIR the user gave lacks the files: said so, and the hub is never asked
+    assert "DATA_DIR" in err[0] and str(tmp_path / "nowhere") in err[0] and "datasets" not in err[0]
+    assert not log.exists()
     assert "train" not in res.stdout and not (tmp_path / "outputs").exists()
 
 
@@ -133,24 +157,35 @@ def test_missing_data_in_the_train_module_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error:")
-    assert "--data-dir" in err[0] and "datasets" in err[0]
+    assert "--data-dir" in err[0] and "datasets" not in err[0]  # a directory given is never fetched into
     assert not (tmp_path / "outputs").exists()
 
 
 def test_eval_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
-    res = speedrun(tmp_path, "grassmann", "wikitext", "eval")
-    assert res.returncode == 1
-    assert "no " in res.stderr and "best.pt to evaluate" in res.stderr
+    res = speedrun(tmp_path, "all", "wikitext", "eval", SEEDS="0,1,2")
+    assert res.returncode == 2
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "no trained run to evaluate: none of the 6 run(s)" in err[0], res.stderr
 
 
 @pytest.mark.parametrize("where", ["local", "hub"])
 def test_missing_distilbert_names_both_ways_out(tmp_path: Path, where: str) -> None:
     env = {"DISTILBERT_DIR": str(tmp_path / "none")} if where == "local" else \
-        {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # offline with an empty cache
+        {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "QUICK": "0"}  # offline with an empty cache
     res = speedrun(tmp_path, "all", "snli", SNLI_MODE="distilbert", **env)
     assert res.returncode == 2
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "SNLI_MODE=scratch" in err[0] and "DISTILBERT_DIR" in err[0], res.stderr
+
+
+def test_quick_needs_no_distilbert_download(tmp_path: Path, cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline, with an empty Hugging Face cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    knobs = grid.Knobs.from_env({"QUICK": "1", "DATA_DIR": str(FIXTURE), "OUT_ROOT": str(tmp_path)})
+    runs = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["snli"])
+    grid.preflight(runs, knobs, "both")  # makes QUICK's tiny backbone in the cache, then checks it
+    assert (Path(knobs.distilbert_dir) / "config.json").is_file()
+    assert all(r.args[r.args.index("--backbone") + 1] == knobs.distilbert_dir for r in runs)
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path, cache: None) -> None:
@@ -204,6 +239,7 @@ def test_budget_cut_leaves_last_pt_and_marker_then_resumes(tmp_path: Path, cache
     (outcome,) = queue.run(runs)
     run_dir = Path(outcome.out_dir)
     assert outcome.status == "cut" and (run_dir / "last.pt").is_file()
+    assert "(continue with RESUME=1)" in (run_dir / "train.log").read_text()  # the user's knob, not --resume
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and "SIGTERM" in results["stop_reason"]
 
@@ -252,28 +288,19 @@ def load_dataset(*names):
     return stub
 
 
-def _tiny_distilbert(path: Path) -> Path:
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
-
-    torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64)
-    DistilBertModel(cfg).save_pretrained(path)
-    return path
-
-
 def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     """speedrun.sh all all in a fresh copy with the defaults: data from the hub (a stub), SNLI on a
     local DistilBERT (tiny), the controls, two runs at once. Only the sizes are cut (QUICK=1 and the
     tiny knobs), to keep the suite fast."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml"):
+    for item in ("src", "scripts", "speedrun.sh", "pyproject.toml", "results"):  # results: the analysis reads it
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     log = tmp_path / "hub_calls.txt"
+    hub = socket.create_server(("127.0.0.1", 0))  # the hub's address answers (the stub serves the data)
     env = {**os.environ, **TINY, "PYTHON": sys.executable, "PYTHONPATH": str(_stub_dir(tmp_path)),
-           "STUB_LOG": str(log), "DISTILBERT_DIR": str(_tiny_distilbert(tmp_path / "distilbert")),
-           "RUNS_PER_GPU": "2"}
+           "STUB_LOG": str(log), "DISTILBERT_DIR": str(save_tiny_backbone(tmp_path / "distilbert")),
+           "RUNS_PER_GPU": "2", "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}"}
     for key in ("DATA_DIR", "OUT_ROOT", "CACHE_DIR", "SNLI_MODE", "PRESET", "CONTROLS", "LRS"):
         env.pop(key, None)
 
@@ -288,7 +315,7 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     for task in ("wikitext", "snli"):  # the local layout was written
         assert all(p.is_file() for p in dataset_files(task, repo / "data").values())
     (stamp,) = (repo / "outputs").iterdir()
-    names = {p.name for p in stamp.iterdir() if p.is_dir()}
+    names = {p.name for p in stamp.iterdir() if (p / "config.json").is_file()}  # the runs (not images/)
     assert names == {"transformer_wikitext_L16_N1_paper_lr6e-4_s0", "grassmann_wikitext_L16_N1_paper_lr6e-4_s0",
                      "transformer_wikitext_L16_N1_paper_lr6e-4_s0_postln",
                      "grassmann_wikitext_L16_N1_paper_lr6e-4_s0_noextra",
@@ -297,14 +324,34 @@ def test_new_user_first_run_all_all_with_defaults(tmp_path: Path) -> None:
     for name in names:
         results = json.loads((stamp / name / "results.json").read_text())
         assert results["status"] == "completed" and results["lr"] in (6e-4, 3e-4)
+        assert results["quick"] is True  # a smoke run, never compared with real runs
+        assert json.loads((stamp / name / "config.json").read_text())["summary"]["quick"] is True
         assert json.loads((stamp / name / "eval_test.json").read_text())["split"] == "test"
     assert (stamp / "queue.json").is_file()
-    # a second run is offline: the hub is not asked again; eval mode finds every checkpoint
+    # QUICK ends with the analysis a user runs next: its tables and figures read every run
+    analysis = (stamp / "analysis.md").read_text()
+    assert all(name in analysis for name in names if "wikitext" in name)
+    assert list((stamp / "images").glob("*.png"))
+    # a second run is offline: the hub is not asked again; eval mode finds every checkpoint and
+    # needs only the test split
+    for task in ("wikitext", "snli"):
+        for split in ("train", "validation"):
+            dataset_files(task, repo / "data")[split].unlink()
     res = run("grassmann", "all", "eval")
     assert len(log.read_text().splitlines()) == 2
+    plan = [line for line in res.stdout.splitlines() if line.startswith("    ")]
+    assert plan and all("steps" not in line and line.endswith("its newest best.pt") for line in plan)
     for name in names:
         if name.startswith("grassmann"):
             assert f"evaluating the newest checkpoint of {name}" in res.stdout
+            eval_log = (stamp / name / "eval.log").read_text()
+            if "wikitext" in name:  # the log and eval_test.json count the same targets
+                n = json.loads((stamp / name / "eval_test.json").read_text())["blocks"]["n_targets"]
+                assert f"n_targets={n}" in eval_log
+    # the last line names the folder the evaluated runs are in (no new one is made)
+    assert f"outputs under {stamp.relative_to(repo)} (" in res.stdout.splitlines()[-1]  # OUT_ROOT: outputs
+    assert sorted((repo / "outputs").iterdir()) == [stamp]
+    hub.close()
 
 
 def test_on_gpus_a_shape_compiles_once_before_its_other_runs_start(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grassmann_flows import eval_wikitext, train
+from grassmann_flows import eval_snli, eval_wikitext, train, train_snli
 from grassmann_flows.training import TrainConfig, lr_at
 from grassmann_flows.utils.checkpoint import load_checkpoint
 
@@ -83,6 +83,39 @@ def test_eval_reproduces_training_test_metric(tmp_path: Path, capsys: pytest.Cap
     out = json.loads((tmp_path / "run" / "eval_test.json").read_text())
     assert out["blocks"]["ppl"] == pytest.approx(res["test"]["ppl"], rel=1e-6)
     assert out["sliding"]["n_targets"] > 0 and out["sliding"]["ppl"] > 1
+
+
+@pytest.mark.parametrize("task", ["wikitext", "snli"])
+def test_eval_clis_evaluate_best_pt_not_last_pt(tmp_path: Path, task: str) -> None:
+    """A run whose best epoch is not its last: last.pt holds the last epoch's (worse) weights,
+    here those of best.pt moved away by noise. The eval CLI given the run directory must
+    score best.pt: the test metric training computed there, not what last.pt scores."""
+    run, cache = tmp_path / "run", str(tmp_path / "cache")
+    if task == "wikitext":
+        assert _train(tmp_path, "run", "--eval-max-batches", "2") == 0
+        evaluate, key = eval_wikitext, "loss"
+    else:
+        assert train_snli.main(["--model", "transformer", *TINY[:6], "--n-layers", "1", "--max-len", "32",
+                                "--batch-size", "8", "--max-steps-per-epoch", "3", "--epochs", "2",
+                                "--eval-max-batches", "2", "--data-dir", str(FIXTURE), "--cache-dir", cache,
+                                "--out-dir", str(run)]) == 0
+        evaluate, key = eval_snli, "loss"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    torch.manual_seed(0)
+    ckpt["model"] = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v
+                     for k, v in _weights(run / "best.pt").items()}
+    torch.save(ckpt, run / "last.pt")
+    args = ["--cache-dir", cache, "--max-batches", "2", "--batch-size", "8"]
+
+    def score(target: Path) -> float:
+        assert evaluate.main([str(target), *args]) == 0
+        out = json.loads((run / "eval_test.json").read_text())
+        return (out["blocks"] if task == "wikitext" else out)[key]
+
+    at_last = score(run / "last.pt")
+    at_run = score(run)
+    trained = json.loads((run / "results.json").read_text())["test"][key]  # computed in training at best.pt
+    assert at_run == pytest.approx(trained, rel=1e-5) and at_run != pytest.approx(at_last, rel=1e-3)
 
 
 def test_resume_refuses_other_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

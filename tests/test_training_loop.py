@@ -102,6 +102,66 @@ def test_best_pt_is_the_best_validation_epoch(tmp_path: Path) -> None:
     assert [(s, p) for s, p, _ in task.evals] == [("validation", "fp32")] * 4 + [("test", "fp32")]
 
 
+def _schedule(step: int, total: int, lr: float, warmup: int, floor_ratio: float) -> float:
+    """The documented schedule, written out apart from `lr_at`: linear warmup over `warmup`
+    steps, then cosine from lr down to lr * floor_ratio at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    floor = lr * floor_ratio
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_each_step_uses_and_logs_the_schedules_lr_over_the_whole_run(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    """The lr the optimizer applies at every step, and the one logged for it, is the schedule's
+    for that step over epochs x steps-per-epoch steps: not the next step's, and not a schedule
+    stretched over one epoch too many (whose last steps would stay far above the floor)."""
+    applied: list[float] = []
+    make = training.make_optimizer
+
+    def recording_optimizer(*args: Any) -> torch.optim.Optimizer:
+        opt = make(*args)
+        opt.register_step_pre_hook(lambda o, a, k: applied.append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(training, "make_optimizer", recording_optimizer)
+    cfg = dict(epochs=3, lr=1e-2, warmup_steps=2, min_lr_ratio=0.1, log_every=1)
+    _fit(ScriptedTask([1.0, 1.0, 1.0]), tmp_path / "run", **cfg)
+    total = 3 * (N_TRAIN // BATCH)
+    expected = [_schedule(s, total, 1e-2, 2, 0.1) for s in range(total)]
+    assert applied == pytest.approx(expected, rel=1e-12)
+    logged = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "step"]
+    assert [r["step"] for r in logged] == list(range(1, total + 1))
+    assert [r["lr"] for r in logged] == pytest.approx(expected, rel=1e-12)
+
+
+class RecordingTask(ScriptedTask):
+    """ScriptedTask that records the item order of every training batch it serves."""
+
+    def __init__(self, val_losses: list[float]) -> None:
+        super().__init__(val_losses)
+        self.batches: list[list[int]] = []
+
+    def train_batch(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batches.append(indices.tolist())
+        return super().train_batch(indices, device)
+
+
+def test_each_epoch_shuffles_afresh_and_the_seed_reproduces_the_order(tmp_path: Path) -> None:
+    def orders(seed: int, run: str) -> list[list[int]]:
+        task = RecordingTask([1.0] * 3)
+        _fit(task, tmp_path / run, epochs=3, seed=seed)
+        per_epoch = N_TRAIN // BATCH
+        return [sum(task.batches[e * per_epoch:(e + 1) * per_epoch], []) for e in range(3)]
+
+    first = orders(0, "a")
+    assert all(sorted(o) == list(range(N_TRAIN)) for o in first)  # every item once per epoch
+    assert len({tuple(o) for o in first}) == 3  # each epoch in its own order
+    assert orders(0, "b") == first  # the seed reproduces them
+    assert orders(1, "c") != first
+
+
 @pytest.mark.parametrize("patience, epochs_run", [(0, 6), (2, 4), (3, 6)])
 def test_patience_stops_after_evaluations_without_improvement(tmp_path: Path, patience: int,
                                                               epochs_run: int) -> None:

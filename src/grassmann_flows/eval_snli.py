@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .data.snli import LABELS, SNLIDataConfig, load_snli_splits
-from .data.sources import resolve_data_dir
+from .data.sources import data_dir_given, resolve_data_dir
 from .runs import cli, default_cache_dir, load_run, load_weights, open_run, parse_option
 from .train_snli import SNLITask, distilbert_setup
 from .training import resolve_device
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     data_cfg = SNLIDataConfig(**{k: v for k, v in meta["data"].items() if k in SNLIDataConfig.__dataclass_fields__})
     data_dir = resolve_data_dir(args.data_dir or meta["data"]["data_dir"])
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    splits = load_snli_splits(data_dir, data_cfg, cache_dir)
+    splits = load_snli_splits(data_dir, data_cfg, cache_dir, (args.split,), fetch=not data_dir_given(args.data_dir))
     if meta["summary"].get("snli_mode") == "distilbert":
         model, task = distilbert_setup(meta["distilbert"], splits, cache_dir, device)
         load_weights(model, ckpt, path)
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         model, meta, path = load_run(path, {}, device)
         task = SNLITask(splits)
     precision = meta["train"]["precision"]  # evaluate as the run was trained and validated
-    print(f"evaluating {path} (epoch {meta['state']['best_epoch']}) on {args.split}: {len(splits[args.split]):,} "
-          f"pairs, precision {precision}")
+    print(f"evaluating {path} (epoch {meta['state']['best_epoch']}) on {args.split} ({len(splits[args.split]):,} pairs"
+          + (f"; the first {args.max_batches} batches of {args.batch_size} only" if args.max_batches else "")
+          + f"), precision {precision}")
     m = task.evaluate(model.to(device), args.split, device, args.batch_size, args.max_batches, precision)
     print(f"EVAL split={args.split} acc={m['acc']:.4f} loss={m['loss']:.4f} n={m['n']}")
     print("per-class accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in m["per_class_acc"].items()))

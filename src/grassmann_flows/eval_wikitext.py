@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.sources import resolve_data_dir
+from .data.sources import data_dir_given, resolve_data_dir
 from .data.wikitext import LMDataConfig, load_lm_splits
 from .runs import cli, default_cache_dir, load_run
 from .train import evaluate_blocks
@@ -84,20 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{ckpt} is a {meta['summary']['task']} checkpoint, not a WikiText-2 one")
     data_cfg = LMDataConfig(**{k: v for k, v in meta["data"].items() if k in LMDataConfig.__dataclass_fields__})
     data_dir = resolve_data_dir(args.data_dir or meta["data"]["data_dir"])
-    ds = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())[args.split]
+    ds = load_lm_splits(data_dir, data_cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+                        (args.split,), fetch=not data_dir_given(args.data_dir))[args.split]
     precision = meta["train"]["precision"]  # evaluate as the run was trained and validated
-    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split}: {ds.n_targets:,} targets, "
-          f"precision {precision}", flush=True)
+    print(f"evaluating {ckpt} (epoch {meta['state']['best_epoch']}) on {args.split} ({ds.n_targets:,} targets"
+          + (f"; the first {args.max_batches} batches of {args.batch_size} blocks only" if args.max_batches else "")
+          + f"), precision {precision}", flush=True)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "split": args.split, "corpus": meta["data"]["corpus"],
                               "precision": precision,
                               "blocks": evaluate_blocks(model, ds, device, args.batch_size, args.max_batches,
                                                         precision)}
-    print(f"EVAL split={args.split} mode=blocks loss={result['blocks']['loss']:.4f} ppl={result['blocks']['ppl']:.2f}")
+    print(f"EVAL split={args.split} mode=blocks loss={result['blocks']['loss']:.4f} ppl={result['blocks']['ppl']:.2f} "
+          f"n_targets={result['blocks']['n_targets']}")
     if args.sliding_window:
         result["sliding"] = evaluate_sliding(model, ds.tokens, data_cfg.seq_len, args.sliding_window,
                                              args.batch_size, device, precision)
         print(f"EVAL split={args.split} mode=sliding stride={args.sliding_window} "
-              f"loss={result['sliding']['loss']:.4f} ppl={result['sliding']['ppl']:.2f}")
+              f"loss={result['sliding']['loss']:.4f} ppl={result['sliding']['ppl']:.2f} "
+              f"n_targets={result['sliding']['n_targets']}")
     out = ckpt.parent / f"eval_{args.split}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -22,6 +22,9 @@ REDUCED_TRAIN_SHA256 = {
 }
 # Size of the official train splits (HF rows / gold-labelled pairs).
 FULL_TRAIN_ROWS = {"wikitext": 36_718, "snli": 549_367}
+# --quick (QUICK=1 of speedrun.sh): the run is a smoke run; its results.json and config.json
+# say "quick": true, and the analysis never sets it beside real runs.
+QUICK_HELP = 'mark the run as a smoke run ("quick": true in results.json): never compared with real runs'
 
 
 def default_cache_dir() -> Path:

@@ -117,8 +117,8 @@ def spec_from_args(task: str, args: argparse.Namespace) -> RunSpec:
     train = dataclass_from_args(TrainConfig, args, **{k: v for k, v in SNLI_DEFAULTS.items()
                                                       if getattr(args, k) is None})
     if args.mode == "scratch":
-        if args.transformer_head:
-            raise ValueError("--transformer-head configures the DistilBERT Transformer head (--mode distilbert)")
+        if args.transformer_head or args.head_opt:
+            raise ValueError("--transformer-head and --head-opt configure the DistilBERT heads (--mode distilbert)")
         data = dataclass_from_args(SNLIDataConfig, args, encoding="pair")
         options.update(n_layers=args.n_layers, n_positions=data.max_len)
         return RunSpec(**common, preset=args.preset, data=data, train=train, options=options, pooling=args.pooling)
@@ -132,5 +132,6 @@ def spec_from_args(task: str, args: argparse.Namespace) -> RunSpec:
     data = dataclass_from_args(SNLIDataConfig, args, encoding=args.encoding, sent_len=DISTILBERT_SENT_LEN,
                                max_len=2 * DISTILBERT_SENT_LEN)
     head = {"head": args.model, "backbone": args.backbone, "finetune_backbone": args.finetune_backbone,
-            "encoding": args.encoding, "combine": combine}
+            "encoding": args.encoding, "combine": combine,
+            **({"options": dict(parse_option(o) for o in args.head_opt)} if args.head_opt else {})}
     return RunSpec(**common, preset=None, data=data, train=train, snli_mode="distilbert", head=head)

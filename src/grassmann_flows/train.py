@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.sources import ensure_dataset, resolve_data_dir
+from .data.sources import data_dir_given, ensure_dataset, resolve_data_dir
 from .data.wikitext import IGNORE_INDEX, LMBlocks, LMDataConfig, describe, load_lm_splits
 from .models import PRESETS, LanguageModel, count_parameters
-from .runs import add_dataclass_args, cli, corpus_label, default_cache_dir, info
+from .runs import QUICK_HELP, add_dataclass_args, cli, corpus_label, default_cache_dir, info
 from .spec import spec_from_args
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch
 
@@ -103,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="tokenised-split cache (default: $CACHE_DIR or <repo>/cache)")
     p.add_argument("--out-dir", default=None, help="run directory (default: outputs/manual/<run name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     add_dataclass_args(p, LMDataConfig)
     add_dataclass_args(p, TrainConfig)
     return p
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     spec = spec_from_args("wikitext", args)
     data_dir = resolve_data_dir(args.data_dir)
-    ensure_dataset("wikitext", data_dir)  # fails here, before any work, if the data is missing
+    ensure_dataset("wikitext", data_dir, fetch=not data_dir_given(args.data_dir))  # fails here, before any work
     model_cfg = spec.model_config()
     out_dir = Path(args.out_dir) if args.out_dir else Path("outputs/manual") / spec.name
 
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": {**asdict(spec.data), "data_dir": str(data_dir), "corpus": corpus},
         "summary": {"run_name": spec.name, "task": "wikitext", "model": spec.model, "preset": spec.preset,
                     "tag": spec.tag, "seq_len": spec.seq_len, "n_layers": spec.n_layers,
-                    "seed": spec.train.seed, "lr": spec.train.lr, "corpus": corpus, "data_dir": str(data_dir)},
+                    "seed": spec.train.seed, "lr": spec.train.lr, "corpus": corpus, "data_dir": str(data_dir),
+                    **({"quick": True} if args.quick else {})},
     }
     results = fit(model, LMTask(splits, spec.train.head_loss), spec.train, out_dir, run_info, resume=args.resume)
     return exit_code(results)

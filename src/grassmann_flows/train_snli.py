@@ -23,9 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.snli import LABELS, SNLIDataConfig, SNLIDataset, load_snli_splits
-from .data.sources import ensure_dataset, resolve_data_dir
+from .data.sources import data_dir_given, ensure_dataset, resolve_data_dir
 from .models import PRESETS, PairClassifier, count_parameters
-from .runs import add_dataclass_args, cli, corpus_label, default_cache_dir, info
+from .runs import QUICK_HELP, add_dataclass_args, cli, corpus_label, default_cache_dir, info
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
 from .spec import spec_from_args
@@ -103,6 +103,7 @@ def distilbert_setup(head: dict[str, Any], splits: dict[str, SNLIDataset], cache
     (so checkpoints hold the head alone). Fine-tuned: the whole model on token ids.
     """
     options = {"combine": head["combine"]} if head.get("combine") else {}  # Transformer head only
+    options.update(head.get("options", {}))  # --head-opt (absent from runs written before it)
     model = build_snli_model(head["head"], head["backbone"], finetune_backbone=head["finetune_backbone"],
                              encoding=head["encoding"], **options)
     if head["finetune_backbone"]:
@@ -127,11 +128,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out-dir", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--backbone", default="distilbert-base-uncased",
                    help="distilbert mode: hub name or local directory of the backbone")
     p.add_argument("--finetune-backbone", action="store_true", help="distilbert mode: train the backbone too")
     p.add_argument("--encoding", default="separate", choices=("separate", "pair"),
                    help="distilbert mode: premise and hypothesis as two 48-token inputs (paper) or one pair")
+    p.add_argument("--head-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="distilbert mode: an argument of the head's constructor, e.g. --head-opt d_model=32 "
+                        "(repeatable; default: the paper's head)")
     p.add_argument("--transformer-head", default=None, choices=("joint", "siamese"),
                    help="distilbert mode, --model transformer: attend across both sentences and end in a "
                         "linear layer (joint, default), or encode each alone and end in the Grassmann head's "
@@ -147,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_from_args("snli", args)
     data_cfg, train_cfg = spec.data, spec.train
     data_dir = resolve_data_dir(args.data_dir)
-    ensure_dataset("snli", data_dir)
+    ensure_dataset("snli", data_dir, fetch=not data_dir_given(args.data_dir))
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     corpus = corpus_label("snli", data_dir)
     summary = {"task": "snli", "snli_mode": spec.snli_mode, "model": spec.model, "preset": spec.preset,
                "tag": spec.tag, "n_layers": spec.n_layers, "seed": train_cfg.seed, "lr": train_cfg.lr,
-               "corpus": corpus, "data_dir": str(data_dir), "seq_len": spec.seq_len}
+               "corpus": corpus, "data_dir": str(data_dir), "seq_len": spec.seq_len,
+               **({"quick": True} if args.quick else {})}
     torch.manual_seed(train_cfg.seed)
     if spec.snli_mode == "scratch":
         model_cfg = spec.model_config()

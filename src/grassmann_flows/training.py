@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -30,6 +31,10 @@ from .utils import distributed
 from .utils.checkpoint import (CheckpointError, config_mismatch, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
 from .utils.env import environment, save_git_diff
+
+# How the user continues a stopped run, when not with this module's --resume: the grid's
+# queue sets it to its knob (RESUME=1) in the environment of the runs it starts.
+RESUME_HINT_ENV = "GRASSMANN_FLOWS_RESUME_HINT"
 
 
 HEAD_LOSSES = ("auto", "logits", "chunked")
@@ -420,7 +425,8 @@ def fit(
             checkpoint("last.pt")
         if status == "interrupted":
             checkpoint("last.pt")
-            log.line(f"stopped: {stop_reason}; saved {run_dir / 'last.pt'} (continue with --resume)")
+            log.line(f"stopped: {stop_reason}; saved {run_dir / 'last.pt'} "
+                     f"(continue with {os.environ.get(RESUME_HINT_ENV) or '--resume'})")
         elif status == "diverged":
             log.line(f"DIVERGED: {stop_reason}; the last good checkpoints are kept, results.json records the failure")
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import atomic_write, ensure_dataset, sha256_file
+from .sources import SPLITS, atomic_write, ensure_dataset, sha256_file
 from .tokenizers import load_tokenizer, tokenizer_fingerprint
 
 LABELS = ("entailment", "neutral", "contradiction")  # label id = index (HF snli convention)
@@ -135,7 +135,9 @@ class SNLIDataset(Dataset):
         return {k: torch.as_tensor(v[i], dtype=torch.long) for k, v in self.arrays.items()}
 
 
-def load_snli_splits(data_dir: str | Path, cfg: SNLIDataConfig, cache_dir: str | Path) -> dict[str, SNLIDataset]:
-    """split -> SNLIDataset for train/validation/test (fetching the data first if it is missing)."""
-    files = ensure_dataset("snli", Path(data_dir))
+def load_snli_splits(data_dir: str | Path, cfg: SNLIDataConfig, cache_dir: str | Path,
+                     splits: tuple[str, ...] = SPLITS, fetch: bool = True) -> dict[str, SNLIDataset]:
+    """split -> SNLIDataset for `splits` (default train/validation/test), fetching missing data
+    first unless not `fetch` (see `ensure_dataset`)."""
+    files = ensure_dataset("snli", Path(data_dir), splits, fetch)
     return {split: SNLIDataset(tokenize_snli(path, cfg, cache_dir)) for split, path in files.items()}

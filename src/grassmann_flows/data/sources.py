@@ -13,6 +13,7 @@ download the dataset and write it into this layout, so that later runs are offli
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -50,32 +51,85 @@ def dataset_files(name: Literal["wikitext", "snli"], data_dir: Path) -> dict[str
     raise ValueError(f"unknown dataset {name!r}; choose 'wikitext' or 'snli'")
 
 
-def ensure_dataset(name: Literal["wikitext", "snli"], data_dir: Path) -> dict[str, Path]:
-    """Return split -> local file, downloading missing splits from the hub first if needed.
+def data_dir_given(arg: str | os.PathLike | None = None) -> bool:
+    """Whether the user named the data directory (``arg``, e.g. --data-dir, or env DATA_DIR):
+    then missing files are an error about that directory, never a download."""
+    return bool(arg or os.environ.get("DATA_DIR"))
 
-    Raises DataUnavailableError (one-line message) if files are missing and ``datasets`` is
-    not installed or the download fails.
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (one TCP connection to $HF_ENDPOINT, 2 s at most), or None.
+
+    Behind a proxy (HTTPS_PROXY, ALL_PROXY) the direct connection says nothing: None.
     """
-    files = dataset_files(name, data_dir)
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as e:
+        return f"{host}:{port} cannot be reached ({type(e).__name__})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def hub_blockers() -> tuple[str, ...]:
+    """What stops a download from the hub here (checked once per process): every true reason."""
+    reasons = []
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        reasons.append("datasets is not installed (pip install datasets)")
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+               if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if offline:
+        reasons.append(f"{offline[0]} is set")
+    else:
+        unreachable = _hub_unreachable()
+        if unreachable:
+            reasons.append(unreachable)
+    return tuple(reasons)
+
+
+def ensure_dataset(name: Literal["wikitext", "snli"], data_dir: Path, splits: tuple[str, ...] = SPLITS,
+                   fetch: bool = True) -> dict[str, Path]:
+    """Return split -> local file for `splits`, downloading missing ones from the hub first.
+
+    fetch: False when the user named `data_dir` (see `data_dir_given`): a missing file is
+    then reported as such, without going to the hub. Otherwise the hub is asked only when
+    nothing stops it (`hub_blockers`: datasets missing, offline, unreachable), so a machine
+    without network fails at once. Raises DataUnavailableError with a one-line message.
+    """
+    files = {s: p for s, p in dataset_files(name, data_dir).items() if s in splits}
     missing = {s: p for s, p in files.items() if not p.is_file()}
     if not missing:
         return files
+    listed = ", ".join(str(p) for p in missing.values())
+    if not fetch:
+        raise DataUnavailableError(
+            f"{name} data missing: the data directory given (DATA_DIR / --data-dir) has no {listed}. Point it at "
+            f"a directory with the layout {_LAYOUT[name]}, or unset it to fetch the data from the Hugging Face "
+            f"hub into {DEFAULT_DATA_DIR}")
+    way_out = (f"put the files there, or point DATA_DIR / --data-dir at a directory with the layout "
+               f"{_LAYOUT[name]}")
+    blockers = hub_blockers()
+    if blockers:
+        raise DataUnavailableError(f"{name} data missing: {listed}, and the Hugging Face hub cannot be used here "
+                                   f"({'; '.join(blockers)}): {way_out}")
+    import datasets
 
-    msg = (f"{name} data missing: {', '.join(str(p) for p in missing.values())}. Either put the "
-           f"files there (or point --data-dir / DATA_DIR at a directory with the layout "
-           f"{_LAYOUT[name]}), or `pip install datasets` with network access so they are "
-           f"fetched from the Hugging Face hub")
-    try:
-        import datasets
-    except ImportError:
-        raise DataUnavailableError(f"{msg} (datasets is not installed).") from None
     try:
         ds = datasets.load_dataset(*_HUB[name])
         for split, path in missing.items():
             (_write_wikitext if name == "wikitext" else _write_snli)(ds[split], path)
     except Exception as e:  # network/hub errors come in many types; report any as one line
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        raise DataUnavailableError(f"{msg} (fetching from the hub failed: {reason}).") from e
+        raise DataUnavailableError(f"{name} data missing: {listed}, and fetching it from the Hugging Face hub "
+                                   f"failed ({reason}): {way_out}") from e
     return files
 
 

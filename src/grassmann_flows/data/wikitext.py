@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import atomic_write, ensure_dataset, sha256_file, wikitext_text_to_rows
+from .sources import SPLITS, atomic_write, ensure_dataset, sha256_file, wikitext_text_to_rows
 from .tokenizers import load_tokenizer, tokenizer_fingerprint
 
 IGNORE_INDEX = -100  # target value skipped by F.cross_entropy(ignore_index=-100)
@@ -153,9 +153,11 @@ class LMBlocks(Dataset):
         return block, y
 
 
-def load_lm_splits(data_dir: str | Path, cfg: LMDataConfig, cache_dir: str | Path) -> dict[str, LMBlocks]:
-    """split -> LMBlocks for train/validation/test (fetching the data first if it is missing)."""
-    files = ensure_dataset("wikitext", Path(data_dir))
+def load_lm_splits(data_dir: str | Path, cfg: LMDataConfig, cache_dir: str | Path,
+                   splits: tuple[str, ...] = SPLITS, fetch: bool = True) -> dict[str, LMBlocks]:
+    """split -> LMBlocks for `splits` (default train/validation/test), fetching missing data
+    first unless not `fetch` (see `ensure_dataset`)."""
+    files = ensure_dataset("wikitext", Path(data_dir), splits, fetch)
     return {split: LMBlocks(tokenize_split(path, cfg, cache_dir), cfg) for split, path in files.items()}
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..data.sources import REPO_ROOT
 from . import __doc__ as GRID_DOC
 from .plan import MODES, USAGE, WINDOW_STAGES, Knobs, Planner, PreflightError
 from .preflight import estimate, preflight
@@ -36,6 +38,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def smoke_analysis(stamp_dir: Path, python: str) -> str | None:
+    """QUICK's last step, what a user runs after a grid: the tables (analysis.md, and the
+    summary JSON) and the figures (images/) of its runs, in its folder. None, or a line
+    naming what failed."""
+    steps = {"analysis.md": ["analyze_best_results.py", str(stamp_dir), "--out", str(stamp_dir)],
+             "figures.log": ["visualize_results.py", str(stamp_dir), "--out", str(stamp_dir / "images")]}
+    for log, (script, *script_args) in steps.items():
+        with open(stamp_dir / log, "w") as f:
+            rc = subprocess.run([python, str(REPO_ROOT / "scripts" / script), *script_args], stdout=f,
+                                stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            return f"scripts/{script} exited with {rc}; see {stamp_dir / log}"
+    print(f"analysis: {stamp_dir / 'analysis.md'}, figures: {stamp_dir / 'images'}", flush=True)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "summary":
@@ -59,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stamp_dir = Path(args.out_dir) if args.out_dir else knobs.out_root / time.strftime("%Y-%m-%d_%H-%M-%S")
     print(f"grid: {len(runs)} run(s), mode {args.mode}; {why}; checks passed in {time.time() - t0:.1f} s", flush=True)
+    if knobs.quick:
+        print("QUICK=1: a smoke run (tiny models, a few steps" + (
+            f", the DistilBERT heads on a tiny random backbone in {knobs.distilbert_dir}" if knobs.quick_backbone
+            and any(r.snli_mode == "distilbert" for r in runs) else "")
+            + '); its results say "quick": true and are never compared with real runs', flush=True)
     deadline = t0 + args.budget_s if args.budget_s is not None else None
     queue = Queue(knobs, slots, args.mode, stamp_dir, args.python, deadline=deadline)
     estimates: dict[str, float | None] = {}
@@ -68,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             estimates = estimate(runs, lambda: queue.stop_reason is None and time.time() < until)
     for i, run in enumerate(runs, 1):
         est = estimates.get(run.name)
-        print(f"  {i:3d}. [{run.stage}] {run.name}: {run.steps} steps"
+        work = "its newest best.pt" if args.mode == "eval" else f"{run.steps} steps"
+        print(f"  {i:3d}. [{run.stage}] {run.name}: {work}"
               + (f", about {_fmt_s(est)} s" if est is not None else ", not estimated" if estimates else ""),
               flush=True)
     if estimates:
@@ -95,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if queue.stop_reason and queue.stop_reason.startswith("received"):
         return 130
-    print(f"speedrun: done in {wall:.0f} s; outputs under {stamp_dir} "
-          f"(summary: python scripts/analyze_best_results.py {stamp_dir})")
+    if knobs.quick and not args.window and stamp_dir.is_dir():  # the GPU window analyses in a step of its own
+        failed_step = smoke_analysis(stamp_dir, args.python)
+        if failed_step:
+            print(f"speedrun: QUICK's {failed_step}", file=sys.stderr)
+            return 1
+    # the folders that exist: eval and RESUME=1 runs live in earlier grids' folders
+    where = sorted({Path(o.out_dir).parent for o in outcomes if o.out_dir}
+                   | ({stamp_dir} if stamp_dir.is_dir() else set()))
+    folder = where[0] if len(where) == 1 else knobs.out_root
+    print(f"speedrun: done in {wall:.0f} s; outputs under {', '.join(map(str, where)) or 'nothing'} "
+          f"(summary: python scripts/analyze_best_results.py {folder})")
     return 0

@@ -8,12 +8,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..runs import parse_option, run_name
+from ..runs import default_cache_dir, parse_option, run_name
 
 MODES = ("train", "eval", "both")
 USAGE = "./speedrun.sh {grassmann|transformer|all} {wikitext|snli|all} [train|eval|both]"
-QUICK_ARGS = ["--max-steps-per-epoch", "3", "--eval-max-batches", "2", "--batch-size", "4",
+# QUICK=1, the smoke run: the grid's run list (both tasks and models, the controls, every
+# evaluation) on tiny models for a few steps, so that every code path runs in minutes on a
+# CPU. The knobs below are its defaults (the user's own settings win); the runs carry
+# --quick, which marks their results.json "quick": true, and the analysis never compares them.
+QUICK_KNOBS = {"LAYER_DEPTHS_OVERRIDE": "2", "SEQ_LENS": "32", "SEEDS": "0", "EPOCHS": "2", "SNLI_LAYERS": "2",
+               "RUNS_PER_GPU": "2"}  # two at once: a tiny run is mostly process start-up
+QUICK_ARGS = ["--quick", "--max-steps-per-epoch", "3", "--eval-max-batches", "2", "--batch-size", "4",
               "--warmup-steps", "1", "--log-every", "1"]
+# the models' widths under QUICK: the from-scratch models' (EXTRA_ARGS' --opt override them;
+# d_model 16 keeps a 30k-token embedding's two checkpoints at 12 MB) and the DistilBERT heads'
+QUICK_OPTS = ("d_model=16", "d_ff=32", "n_heads=2", "reduced_dim=8")
+QUICK_HEAD_OPTS = {"transformer": ("d_model=32", "d_ff=64"), "grassmann": ("d_model=32", "d_ff=64", "reduced_dim=8")}
+# the DistilBERT heads' backbone under QUICK without DISTILBERT_DIR: a tiny random one, made
+# once under CACHE_DIR (models.snli_heads.save_tiny_backbone), not the 250 MB download
+QUICK_BACKBONE = "quick-distilbert-tiny"
 TRAIN_MODULE = {"wikitext": "grassmann_flows.train", "snli": "grassmann_flows.train_snli"}
 EVAL_MODULE = {"wikitext": "grassmann_flows.eval_wikitext", "snli": "grassmann_flows.eval_snli"}
 # Flags the grid sets itself from its knobs; in EXTRA_ARGS they would silently rename nothing.
@@ -81,6 +94,7 @@ class Knobs:
     snli_mode: str
     snli_layers: int
     distilbert_dir: str | None
+    quick_backbone: bool  # distilbert_dir is QUICK's tiny random DistilBERT (made by preflight)
     data_dir: str | None
     out_root: Path
     quick: bool
@@ -97,6 +111,10 @@ class Knobs:
     def from_env(cls, env: dict[str, str]) -> "Knobs":
         from ..models import PRESETS
 
+        quick = env.get("QUICK", "0") == "1"
+        if quick:
+            defaults = {k: v for k, v in QUICK_KNOBS.items() if not (k == "RUNS_PER_GPU" and env.get("PARALLEL_RUNS"))}
+            env = {**defaults, **{k: v for k, v in env.items() if v}}
         presets = [p for p in (env.get("PRESET") or "paper").split(",") if p]
         for p in presets:
             if p not in PRESETS:
@@ -120,9 +138,11 @@ class Knobs:
             epochs=_int(env, "EPOCHS", None, 1),
             mixer_impl=_choice(env, "MIXER_IMPL", "fast", ("naive", "fast", "fused")) if env.get("MIXER_IMPL") else None,
             snli_mode=_choice(env, "SNLI_MODE", "distilbert", ("distilbert", "scratch")),
-            snli_layers=_int(env, "SNLI_LAYERS", 6, 1), distilbert_dir=env.get("DISTILBERT_DIR") or None,
+            snli_layers=_int(env, "SNLI_LAYERS", 6, 1),
+            distilbert_dir=env.get("DISTILBERT_DIR") or (str(default_cache_dir() / QUICK_BACKBONE) if quick else None),
+            quick_backbone=quick and not env.get("DISTILBERT_DIR"),
             data_dir=env.get("DATA_DIR") or None, out_root=Path(env.get("OUT_ROOT") or "outputs"),
-            quick=env.get("QUICK", "0") == "1", resume=env.get("RESUME", "0") == "1",
+            quick=quick, resume=env.get("RESUME", "0") == "1",
             nproc=_int(env, "NPROC", 1, 1), runs_per_gpu=_int(env, "RUNS_PER_GPU", None, 1),
             parallel_runs=_int(env, "PARALLEL_RUNS", None, 1), tag=env.get("TAG", ""), extra=extra,
             patience=_int(env, "PATIENCE", None, 0),
@@ -200,9 +220,12 @@ class Planner:
         if knobs.patience is not None:
             common += ["--patience", str(knobs.patience)]
         if knobs.quick:
-            common += QUICK_ARGS + ([] if knobs.epochs else ["--epochs", "1"])
+            common += QUICK_ARGS
         self.common = common
-        self.extra_opts = [self._opt_value(knobs.extra, i) for i, a in enumerate(knobs.extra) if a == "--opt"]
+        # model options of every from-scratch run: QUICK's tiny widths, then EXTRA_ARGS' (which win)
+        self.quick_opts = [x for o in QUICK_OPTS for x in ("--opt", o)] if knobs.quick else []
+        self.extra_opts = [*(QUICK_OPTS if knobs.quick else ()),
+                           *(self._opt_value(knobs.extra, i) for i, a in enumerate(knobs.extra) if a == "--opt")]
 
     @staticmethod
     def _opt_value(args: list[str], i: int) -> str:
@@ -240,7 +263,8 @@ class Planner:
         tag = self._tag(tag)
         args = ["--model", model, "--preset", preset, "--seq-len", str(L), "--n-layers", str(N),
                 "--seed", str(seed), "--lr", repr(lr), *(["--tag", tag] if tag else []),
-                *[x for o in opts for x in ("--opt", o)], *self._impl(), *self.common, *self.knobs.extra]
+                *self.quick_opts, *[x for o in opts for x in ("--opt", o)], *self._impl(), *self.common,
+                *self.knobs.extra]
         expect = {"model": model, "seq_len": L, "n_layers": N, "preset": preset, "lr": lr, "seed": seed, "tag": tag}
         return Run(run_name(model, "wikitext", L, N, seed, tag, preset=preset, lr=lr), stage, "wikitext", model,
                    args, expect, ("wikitext", model, L, N))
@@ -256,7 +280,8 @@ class Planner:
             extra = [a for i, a in enumerate(self.knobs.extra)
                      if a != "--opt" and (i == 0 or self.knobs.extra[i - 1] != "--opt")]
             backbone = ["--backbone", self.knobs.distilbert_dir] if self.knobs.distilbert_dir else []
-            head_args = ["--transformer-head", head] if head else []
+            head_args = [*(["--transformer-head", head] if head else []),
+                         *(x for o in QUICK_HEAD_OPTS[model] if self.knobs.quick for x in ("--head-opt", o))]
             if model == "transformer":
                 expect["transformer_head"] = head or "joint"
             args = ["--mode", "distilbert", "--model", model, "--seed", str(seed), "--lr", repr(lr), *backbone,
@@ -270,7 +295,7 @@ class Planner:
             except ValueError as e:
                 raise PreflightError(f"{model} SNLI N={N}: {e}") from None
         args = ["--model", model, "--preset", preset, "--n-layers", str(N), "--seed", str(seed), "--lr", repr(lr),
-                *self._impl(), *tail, *self.knobs.extra]
+                *self.quick_opts, *self._impl(), *tail, *self.knobs.extra]
         expect.update(preset=preset, n_layers=N)
         return Run(run_name(model, "snli", 128, N, seed, tag, preset=preset, lr=lr), stage, "snli", model,
                    args, expect, ("snli", "scratch", model, N), snli_mode=mode)

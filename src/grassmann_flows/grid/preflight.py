@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.sources import DataUnavailableError, ensure_dataset, resolve_data_dir
+from ..data.sources import SPLITS, DataUnavailableError, ensure_dataset, resolve_data_dir
 from ..runs import default_cache_dir
 from ..spec import RunSpec, spec_from_args
 from .plan import Knobs, PreflightError, Run
@@ -51,13 +51,23 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
     from ..data.wikitext import load_lm_splits
 
     specs = {run.name: run_spec(run) for run in runs}  # the arguments first: they cost nothing
+    if mode == "eval":
+        untrained = [r.name for r in runs if newest(knobs.out_root, r.name, "best.pt") is None]
+        if len(untrained) == len(runs):
+            raise PreflightError(f"no trained run to evaluate: none of the {len(runs)} run(s) of this grid has a "
+                                 f"{knobs.out_root}/*/<run>/best.pt (e.g. {untrained[0]}); train them first "
+                                 "(mode train or both)")
     data_dir = resolve_data_dir(knobs.data_dir)
     try:
-        for task in dict.fromkeys(r.task for r in runs):
-            ensure_dataset(task, data_dir)
+        for task in dict.fromkeys(r.task for r in runs):  # evaluation reads the test split alone
+            ensure_dataset(task, data_dir, ("test",) if mode == "eval" else SPLITS, fetch=not knobs.data_dir)
     except DataUnavailableError as e:
         raise PreflightError(str(e)) from None
     if any(r.snli_mode == "distilbert" for r in runs):
+        if knobs.quick_backbone and not Path(knobs.distilbert_dir or "").is_dir():
+            from ..models.snli_heads import save_tiny_backbone
+
+            save_tiny_backbone(Path(knobs.distilbert_dir or ""))
         _check_backbone(knobs.distilbert_dir)
     cache = default_cache_dir()
     sizes: dict[tuple, tuple[int, int]] = {}  # data config -> (train items, validation items)
@@ -68,6 +78,8 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
                 load_tokenizer(spec.data.tokenizer)
             else:
                 spec.model_config()  # resolves the preset and options; loads the tokenizer
+            if mode == "eval":  # no training: no steps to count, no training split to read
+                continue
             key = (run.task, json.dumps(asdict(spec.data), sort_keys=True))
             if key not in sizes:
                 # tokenised once here, so the runs find the cache
@@ -81,7 +93,7 @@ def preflight(runs: list[Run], knobs: Knobs, mode: str) -> None:
         per_epoch = n_train // batch
         if train_cfg.max_steps_per_epoch:
             per_epoch = min(per_epoch, train_cfg.max_steps_per_epoch)
-        if per_epoch == 0 and mode != "eval":
+        if per_epoch == 0:
             raise PreflightError(f"{run.name}: the {run.task} training split has fewer than batch_size={batch} items")
         val = -(-n_val // (train_cfg.eval_batch_size or batch))
         run.epochs, run.steps = train_cfg.epochs, train_cfg.epochs * per_epoch

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from ..data.sources import REPO_ROOT
 from ..runs import default_cache_dir
+from ..training import RESUME_HINT_ENV
 from .plan import Knobs, PreflightError, Run
 from .preflight import newest
 
@@ -130,6 +131,7 @@ class Queue:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
+        env[RESUME_HINT_ENV] = "RESUME=1"  # a stopped run names the user's knob, not --resume
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p)
         return env
 

@@ -91,6 +91,22 @@ def load_backbone(name_or_path: str = DEFAULT_BACKBONE, local_files_only: bool |
     )
 
 
+def save_tiny_backbone(path: Path, dim: int = 32, n_layers: int = 1, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised DistilBERT (bert-base-uncased vocabulary, 2 heads,
+    FFN 2 x dim, 64 positions) to `path` for `load_backbone`: the smoke run's (QUICK=1)
+    stand-in for the 250 MB pretrained weights, which takes the heads' code path in seconds.
+    Written beside `path` and renamed into place, so an interrupted save is never loaded."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(vocab_size=30522, dim=dim, n_layers=n_layers, n_heads=2, hidden_dim=2 * dim,
+                           max_position_embeddings=64)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    DistilBertModel(cfg).save_pretrained(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 # ----------------------------------------------------------------------------- pairing
 
 
