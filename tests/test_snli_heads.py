@@ -411,3 +411,24 @@ def test_transformer_head_flag_outside_the_distilbert_transformer_is_refused(tmp
     assert train_snli.main(args) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "--transformer-head" in err[0], err
+
+
+def test_compiled_grassmann_head_serves_every_batch_width_with_one_graph():
+    """Cached-feature batches are padded to their longest sentence, so every batch width
+    occurs. Under torch.compile the window computation must not specialise on it: past a
+    first static graph, one dynamic graph serves every width, within a recompile limit of 2
+    (before, each width compiled anew, and past the limit of 8 the head ran uncompiled)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    head = small_head("grassmann").eval()
+    counter = CompileCounter()
+    compiled = torch.compile(head, backend=counter, fullgraph=True)
+    limit = ("recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit")
+    with torch._dynamo.config.patch({limit: 2, "fail_on_recompile_limit_hit": True}), torch.no_grad():
+        for L in range(5, 17):
+            p, pm = random_features(2, L, seed=L)
+            h, hm = random_features(2, L + 1, seed=L + 100)
+            assert torch.allclose(compiled(p, pm, h, hm), head(p, pm, h, hm), atol=1e-5)
+    assert counter.frame_count <= 2
+    torch._dynamo.reset()
