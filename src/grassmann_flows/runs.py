@@ -164,6 +164,7 @@ def load_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[Any
     ckpt, ckpt_path = open_run(path, expect, device)
     if "model" not in ckpt["meta"]:
         raise CheckpointError(f"{ckpt_path} holds no from-scratch model config")
-    model = model_from_config(ModelConfig.from_dict(ckpt["meta"]["model"]))
+    # A classifier's own settings (pooling) sit beside its ModelConfig in the run's config.
+    model = model_from_config(ModelConfig.from_dict(ckpt["meta"]["model"]), **ckpt["meta"].get("classifier", {}))
     load_weights(model, ckpt, ckpt_path)
     return model.to(device).eval(), ckpt["meta"], ckpt_path

@@ -1,0 +1,216 @@
+"""What only a GPU run exercises, tried on the CPU by standing in for CUDA.
+
+Each test here stands in for the device where a GPU run takes another path: the meta
+device for tensors the CPU RNG cannot take, monkeypatched `torch.cuda` generators, a
+world size of two for the DDP decisions, bf16 autocast on the CPU. docs/cuda-paths.md
+lists every CPU-vs-CUDA path and the test that covers it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from grassmann_flows import eval_snli, runs, train, train_snli, training
+from grassmann_flows.models import ModelConfig, model_from_config
+from grassmann_flows.utils import checkpoint, distributed
+from grassmann_flows.utils.checkpoint import CheckpointError, load_checkpoint
+
+DATA = Path(__file__).parent / "fixtures" / "data"
+TINY = ["--opt", "d_model=32", "--opt", "d_ff=64", "--opt", "n_heads=2", "--n-layers", "1", "--data-dir", str(DATA),
+        "--batch-size", "4", "--warmup-steps", "1", "--lr", "1e-3", "--eval-max-batches", "2"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def lm_run(out: Path, cache: Path, *extra: str, model: str = "grassmann") -> list[str]:
+    return ["--model", model, *TINY, "--seq-len", "16", "--cache-dir", str(cache), "--out-dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    """A Grassmann LM run stopped after 2 of 4 steps (last.pt, config.json), dropout on."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert train.main(lm_run(out, cache, "--epochs", "1", "--max-steps-per-epoch", "4",
+                             "--stop-after-steps", "2")) == 0
+    return out
+
+
+def rebuilt(run: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict[str, Any]]:
+    """The run's model and optimizer, freshly built, and its config.json."""
+    identity = json.loads((run / "config.json").read_text())
+    model = model_from_config(ModelConfig.from_dict(identity["model"]))
+    cfg = training.TrainConfig(**identity["train"])
+    return model, training.make_optimizer(model, cfg, CPU), identity
+
+
+# --- resuming --------------------------------------------------------------------------
+
+def test_resume_reads_the_checkpoint_to_the_cpu(stopped_run: Path) -> None:
+    """On CUDA, loading last.pt with map_location=device put the RNG states on the GPU, and
+    torch.set_rng_state raised a TypeError: every resume crashed. The meta device stands in
+    for the GPU here (the CPU RNG takes its tensors no more than a GPU's); the model and
+    optimizer state still reach the parameters, and the RNG continues where it was saved."""
+    model, optimizer, identity = rebuilt(stopped_run)
+    torch.manual_seed(12345)
+    state = training._resume(stopped_run / "last.pt", model, optimizer, identity, torch.device("meta"))
+    ckpt = load_checkpoint(stopped_run / "last.pt")
+    assert state.global_step == 2
+    assert all(torch.equal(p, ckpt["model"][k]) for k, p in model.state_dict().items())
+    assert len(optimizer.state) == len(list(model.parameters()))
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"][0]["torch"])
+
+
+def test_every_checkpoint_load_of_a_run_goes_to_the_cpu(monkeypatch: pytest.MonkeyPatch, stopped_run: Path,
+                                                        tmp_path: Path, cache: Path) -> None:
+    """Resume and the final test evaluation (best.pt, optimizer included) ask for the CPU,
+    not the training device: on a GPU, no second copy of weights and optimizer state beside
+    the training ones. (On the CPU both are the same place: the call is what is checked.)"""
+    run = Path(__import__("shutil").copytree(stopped_run, tmp_path / "run"))
+    places = []
+
+    def spy(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+        places.append((Path(path).name, map_location))
+        return load_checkpoint(path, map_location)
+
+    monkeypatch.setattr(training, "load_checkpoint", spy)
+    assert train.main(lm_run(run, cache, "--epochs", "1", "--max-steps-per-epoch", "4", "--resume")) == 0
+    assert places == [("last.pt", "cpu"), ("best.pt", "cpu")], places
+
+
+def test_cuda_rng_restores_the_training_device_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint holds the CUDA generator of the device it trained on, and resuming restores
+    it there, whatever number of GPUs is visible. Older files hold one state per GPU then
+    visible: the training device's is taken, none when that GPU index is gone (the whole
+    list went to set_rng_state_all, which fails where fewer GPUs are visible)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((4,), device.index, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state.tolist(), device)))
+    cuda1 = torch.device("cuda", 1)
+    saved = checkpoint.rng_state(cuda1)
+    assert saved["cuda"].tolist() == [1] * 4
+    checkpoint.set_rng_state(saved, cuda1)
+    legacy = {**saved, "cuda": [torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)]}
+    checkpoint.set_rng_state(legacy, torch.device("cuda", 0))
+    checkpoint.set_rng_state(legacy, torch.device("cuda", 3))  # saved with 2 GPUs visible: none to restore
+    checkpoint.set_rng_state(saved, CPU)  # a CPU resume ignores the GPU's generator
+    assert calls == [([1] * 4, 1), ([0] * 4, 0)]
+    assert "cuda" not in checkpoint.rng_state(CPU)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_checkpoint_is_one_line(stopped_run: Path, tmp_path: Path, cache: Path, keep: float,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """A torn last.pt (a full disk, a copy cut short) is a one-line error naming the file,
+    exit 2; cut near its end, torch.load raises OSError [Errno 22], which read as nothing."""
+    run = Path(__import__("shutil").copytree(stopped_run, tmp_path / "run"))
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="the file is truncated or corrupt"):
+        load_checkpoint(run / "last.pt")
+    assert train.main(lm_run(run, cache, "--epochs", "1", "--max-steps-per-epoch", "4", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read checkpoint {run / 'last.pt'}: the file is "
+                                               "truncated or corrupt")
+
+
+def test_resume_compares_the_settings_not_their_messages(stopped_run: Path) -> None:
+    """Settings a resume may change are left out of the comparison by name; a run stored
+    before precision was stored resolved ("auto") resumes where "auto" resolves the same."""
+    model, optimizer, identity = rebuilt(stopped_run)
+    changed = {**identity, "train": {**identity["train"], "log_every": 7, "compile": "on"}}
+    assert training._resume(stopped_run / "last.pt", model, optimizer, changed, CPU).global_step == 2
+    other = {**identity, "train": {**identity["train"], "lr": 0.5}}
+    with pytest.raises(CheckpointError, match=r"train\.lr \(checkpoint 0\.001, now 0\.5\)"):
+        training._resume(stopped_run / "last.pt", model, optimizer, other, CPU)
+    ckpt = torch.load(stopped_run / "last.pt", weights_only=True)
+    meta = json.loads(ckpt["meta"])
+    meta["train"]["precision"] = "auto"
+    ckpt["meta"] = json.dumps(meta)
+    legacy = stopped_run.parent / "legacy.pt"
+    torch.save(ckpt, legacy)
+    assert training._resume(legacy, model, optimizer, identity, CPU).global_step == 2
+    bf16 = {**identity, "train": {**identity["train"], "precision": "bf16"}}
+    with pytest.raises(CheckpointError, match="train.precision"):
+        training._resume(legacy, model, optimizer, bf16, CPU)
+
+
+# --- precision -------------------------------------------------------------------------
+
+def test_precision_is_stored_resolved(stopped_run: Path) -> None:
+    """config.json and the checkpoints hold the precision the run computed in, so that its
+    evaluation on another device computes in the same one ("auto" would be re-resolved there)."""
+    assert json.loads((stopped_run / "config.json").read_text())["train"]["precision"] == "fp32"
+    assert load_checkpoint(stopped_run / "last.pt")["meta"]["train"]["precision"] == "fp32"
+    assert training.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert training.resolve_precision("auto", CPU) == "fp32"
+    assert training.resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(ValueError, match="--precision 'fp16': expected one of auto, bf16, fp32"):
+        training.resolve_precision("fp16", CPU)
+
+
+def test_grassmann_bf16_train_resume_and_eval_on_the_cpu(tmp_path: Path, cache: Path) -> None:
+    """bf16 autocast end to end on the CPU (CUDA's default precision): a Grassmann LM trains
+    two steps, resumes, evaluates; the losses are finite and stored at bf16."""
+    from grassmann_flows import eval_wikitext
+
+    run = tmp_path / "run"
+    args = ("--epochs", "1", "--max-steps-per-epoch", "4", "--precision", "bf16")
+    assert train.main(lm_run(run, cache, *args, "--stop-after-steps", "2")) == 0
+    assert train.main(lm_run(run, cache, *args, "--resume")) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and torch.isfinite(torch.tensor(results["test"]["loss"]))
+    assert eval_wikitext.main([str(run), "--cache-dir", str(cache), "--batch-size", "4", "--max-batches", "2"]) == 0
+    evaluated = json.loads((run / "eval_test.json").read_text())
+    assert evaluated["precision"] == "bf16"
+    assert evaluated["blocks"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+
+
+# --- SNLI -----------------------------------------------------------------------------
+
+def test_snli_evaluation_rebuilds_the_trained_pooling(tmp_path: Path, cache: Path) -> None:
+    """A run trained with --pooling cls is evaluated with cls pooling: the eval entry point
+    reproduces the in-training test evaluation of best.pt exactly."""
+    run = tmp_path / "run"
+    assert train_snli.main(["--model", "transformer", *TINY, "--max-len", "32", "--pooling", "cls", "--epochs", "1",
+                            "--max-steps-per-epoch", "2", "--cache-dir", str(cache), "--out-dir", str(run)]) == 0
+    model, _, _ = runs.load_run(run, {}, CPU)
+    assert model.pooling == "cls"
+    assert eval_snli.main([str(run), "--cache-dir", str(cache), "--batch-size", "4", "--max-batches", "2"]) == 0
+    in_training = json.loads((run / "results.json").read_text())["test"]
+    evaluated = json.loads((run / "eval_test.json").read_text())
+    assert evaluated["loss"] == pytest.approx(in_training["loss"], rel=1e-6)
+    assert evaluated["confusion"] == in_training["confusion"]
+
+
+# --- DDP decisions ---------------------------------------------------------------------
+
+def test_ddp_skips_buffer_broadcasts_and_agrees_on_stops_at_flushes(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path, cache: Path) -> None:
+    """As rank 0 of two: DDP is built without buffer broadcasts (the antisymmetrizers are
+    constants, 11.6 MiB a step at N=6), and the ranks agree on a stop signal only where
+    losses are flushed (log_every steps, the epoch's end) and after the evaluation, not
+    with one collective per step."""
+    built: list[dict[str, Any]] = []
+    agreements = []
+
+    def ddp(module: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+        built.append(kwargs)
+        return module
+
+    real_any_rank = distributed.any_rank
+    monkeypatch.setattr(training, "DistributedDataParallel", ddp)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "any_rank", lambda flag: agreements.append(flag) or real_any_rank(flag))
+    assert train.main(lm_run(tmp_path / "run", cache, "--epochs", "1", "--max-steps-per-epoch", "6",
+                             "--log-every", "3")) == 0
+    assert [kw["broadcast_buffers"] for kw in built] == [False]
+    assert len(agreements) == 3  # after steps 3 and 6, and after the evaluation
