@@ -63,6 +63,9 @@ import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "src"))
+# The benchmark alone tunes the Triton kernels (training uses their one pinned config);
+# read when the kernels are imported.
+os.environ.setdefault("GRASSMANN_FLOWS_KERNEL_CONFIG", "autotune")
 
 from grassmann_flows.ops.wedge_project import triton_available  # noqa: E402
 from grassmann_flows.models import build_model, resolve_config  # noqa: E402
