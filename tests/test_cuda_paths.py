@@ -9,6 +9,11 @@ lists every CPU-vs-CUDA path and the test that covers it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +79,7 @@ def test_every_checkpoint_load_of_a_run_goes_to_the_cpu(monkeypatch: pytest.Monk
     """Resume and the final test evaluation (best.pt, optimizer included) ask for the CPU,
     not the training device: on a GPU, no second copy of weights and optimizer state beside
     the training ones. (On the CPU both are the same place: the call is what is checked.)"""
-    run = Path(__import__("shutil").copytree(stopped_run, tmp_path / "run"))
+    run = Path(shutil.copytree(stopped_run, tmp_path / "run"))
     places = []
 
     def spy(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -111,7 +116,7 @@ def test_truncated_checkpoint_is_one_line(stopped_run: Path, tmp_path: Path, cac
                                           capsys: pytest.CaptureFixture) -> None:
     """A torn last.pt (a full disk, a copy cut short) is a one-line error naming the file,
     exit 2; cut near its end, torch.load raises OSError [Errno 22], which read as nothing."""
-    run = Path(__import__("shutil").copytree(stopped_run, tmp_path / "run"))
+    run = Path(shutil.copytree(stopped_run, tmp_path / "run"))
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[:int(len(data) * keep)])
     with pytest.raises(CheckpointError, match="the file is truncated or corrupt"):
@@ -214,3 +219,157 @@ def test_ddp_skips_buffer_broadcasts_and_agrees_on_stops_at_flushes(monkeypatch:
                              "--log-every", "3")) == 0
     assert [kw["broadcast_buffers"] for kw in built] == [False]
     assert len(agreements) == 3  # after steps 3 and 6, and after the evaluation
+
+
+# --- the grid's queue on GPUs ----------------------------------------------------------
+
+SMI = ("0, GPU-1111aaaa-0000-0000-0000-000000000000, 81000\n"
+       "1, GPU-2222bbbb-0000-0000-0000-000000000000, 40960\n"
+       "2, GPU-3333cccc-0000-0000-0000-000000000000, 1024\n")
+
+
+@pytest.mark.parametrize("visible, expected", [
+    (None, [81000 / 1024, 40, 1]),
+    ("2,0", [1, 81000 / 1024]),
+    ("GPU-2222bbbb-0000-0000-0000-000000000000", [40]),
+    ("GPU-3333cccc,1", [1, 40]),  # a UUID prefix, as CUDA accepts
+    ("MIG-4444dddd", []),  # not a GPU nvidia-smi lists: the caller falls back to asking torch
+])
+def test_free_gpu_memory_of_the_visible_gpus(visible: str | None, expected: list[float]) -> None:
+    """CUDA_VISIBLE_DEVICES may name GPUs by index or UUID; both pick nvidia-smi's rows
+    (UUIDs were dropped before, and the free memory became each device's total)."""
+    from grassmann_flows.grid.queue import _visible_free_gib
+
+    assert _visible_free_gib(SMI, visible) == pytest.approx(expected)
+
+
+def test_free_gpu_memory_without_nvidia_smi_asks_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No nvidia-smi: torch answers in a child process, so the queue's parent never holds a
+    CUDA context; the device total (what it fell back to before) is not free memory."""
+    from grassmann_flows.grid import queue
+
+    calls = []
+
+    def run(cmd: list[str], **kwargs: Any) -> Any:
+        calls.append(cmd)
+        if cmd[0] == "nvidia-smi":
+            raise FileNotFoundError("nvidia-smi")
+        return subprocess.CompletedProcess(cmd, 0, stdout="70.5 12.25\n")
+
+    monkeypatch.setattr(queue.subprocess, "run", run)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: pytest.fail("CUDA used in the parent"))
+    assert queue._gpu_free_gib() == [70.5, 12.25]
+    assert calls[1][1:3] == ["-c", queue._FREE_PROBE]
+
+
+def test_step_estimates_can_run_in_a_child_process() -> None:
+    """The estimate's steps on CUDA run in a spawned child (its CUDA context ends with it);
+    here the child runs on the CPU, and stops when told to."""
+    from grassmann_flows import grid
+    from grassmann_flows.grid.preflight import _measure_in_child
+
+    env = {"DATA_DIR": str(DATA), "CONTROLS": "0", "QUICK": "1", "SEEDS": "0", "LAYER_DEPTHS_OVERRIDE": "1",
+           "SEQ_LENS": "16", "EXTRA_ARGS": "--opt d_model=32 --opt d_ff=64 --opt n_heads=2"}
+    runs = grid.Planner(grid.Knobs.from_env(env)).speedrun(["transformer", "grassmann"], ["wikitext"])
+    shapes = list({run.cost_key: run for run in runs}.values())
+    seconds = _measure_in_child(shapes, "cpu", lambda: True)
+    assert set(seconds) == {run.cost_key for run in shapes} and all(s > 0 for s in seconds.values())
+    assert _measure_in_child(shapes, "cpu", lambda: False) == {}
+
+
+def test_runs_share_the_cores_for_compile_workers_and_log_their_output(tmp_path: Path) -> None:
+    """Inductor's compile pool defaults to every core, in every run at once: each run gets
+    its share. The queue keeps a run's whole output in train.log, so `fit` adds nothing."""
+    from grassmann_flows import grid
+
+    knobs = grid.Knobs.from_env({"DATA_DIR": str(DATA), "QUICK": "1"})
+    queue = grid.Queue(knobs, ["0", "0", "1", "1"], "train", tmp_path, "python")
+    share = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // 4)))
+    assert queue._env["TORCHINDUCTOR_COMPILE_THREADS"] == share
+    assert queue._env[training.OUTPUT_LOGGED_ENV] == "1"
+
+
+def test_a_run_out_of_gpu_memory_fails_with_that_note_and_the_grid_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """The run's last line says it ran out of GPU memory: its outcome says so, the next run starts."""
+    from grassmann_flows import grid
+
+    knobs = grid.Knobs.from_env({"DATA_DIR": str(DATA), "QUICK": "1", "SEEDS": "0", "CONTROLS": "0",
+                                 "LAYER_DEPTHS_OVERRIDE": "1", "SEQ_LENS": "16"})
+    runs = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["wikitext"])
+    queue = grid.Queue(knobs, [None], "train", tmp_path, "python")
+    oom = f"{runs.OOM_LINE}: CUDA out of memory. Tried to allocate 2.00 GiB (lower --batch-size, ...)\n"
+
+    def execute(cmd: list[str], log: Path, slot: Any, on_line: Any = None) -> int:
+        failing = runs[0].name in str(log)
+        on_line("step 1/4 epoch 1 loss 9.0\n")
+        if failing:
+            on_line(oom)
+        return 2 if failing else 0
+
+    monkeypatch.setattr(queue, "_execute", execute)
+    first, second = queue.run(runs)
+    assert first.status == "failed" and first.note.startswith(oom.strip())
+    assert second.status == "completed"
+
+
+# --- one-line errors and tracebacks ----------------------------------------------------
+
+def test_out_of_memory_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    def main(argv: Any) -> int:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has ...")
+
+    assert runs.cli(main)([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{runs.OOM_LINE}: CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+
+def test_a_library_error_keeps_its_traceback_and_reaches_train_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                   cache: Path) -> None:
+    """A ValueError from the project's own code is a one-line error (a bad knob); one from a
+    library (here raised as inductor would, from torch's code) keeps its traceback, and
+    `fit` appends it to the run's train.log."""
+    import torch._dynamo  # a module of torch's own, to raise from
+
+    code = compile("def fail(*args, **kwargs):\n    raise ValueError('inductor: no kernel for this shape')\n",
+                   torch._dynamo.__file__, "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    monkeypatch.setattr(train.LMTask, "loss", namespace["fail"])
+    monkeypatch.delenv(training.OUTPUT_LOGGED_ENV, raising=False)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="inductor: no kernel"):
+        train.main(lm_run(out, cache, "--epochs", "1", "--max-steps-per-epoch", "2"))
+    log = (out / "train.log").read_text()
+    assert "Traceback" in log and "ValueError: inductor: no kernel for this shape" in log
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_runs_end_with_a_killed_queue(tmp_path: Path) -> None:
+    """gpu_window.sh's `timeout -k` SIGKILLs the queue's process group; the runs, each in its
+    own session, must not outlive the queue and keep the GPU."""
+    script = f"""
+import sys, threading
+from pathlib import Path
+from grassmann_flows import grid
+queue = grid.Queue(grid.Knobs.from_env({{"DATA_DIR": {str(DATA)!r}}}), [None, None], "train", Path({str(tmp_path)!r}),
+                   sys.executable)
+cmd = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"]
+threading.Thread(target=queue._execute, args=(cmd, Path({str(tmp_path / 'run.log')!r}), None,
+                 lambda line: print(line, end="", flush=True))).start()
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    run_pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+    os.kill(run_pid, 0)  # alive
+    parent.kill()
+    parent.wait(timeout=30)
+    for _ in range(100):
+        try:
+            os.kill(run_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(run_pid, 9)
+    pytest.fail("the run outlived the killed queue")

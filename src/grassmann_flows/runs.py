@@ -117,15 +117,44 @@ def paper_batch_size(seq_len: int) -> int:
     return max(1, 4096 // seq_len)
 
 
+# The line a run that ran out of GPU memory ends with (the grid's queue reads it).
+OOM_LINE = "error: out of GPU memory"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_by_project(e: BaseException) -> bool:
+    """Whether the innermost frame that raised `e` is this package's code (a bad knob, a
+    missing file), not a library's (an inductor or Triton failure, whose traceback matters)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
 def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Run `main`, turning expected failures into one readable line and exit code 2."""
+    """Run `main`, turning the project's own failures into one readable line and exit code 2.
+
+    Own failures: its error types, and ValueError / FileNotFoundError raised by its code.
+    Running out of GPU memory is one line too (OOM_LINE). Anything else keeps its traceback.
+    """
 
     def wrapped(argv: list[str] | None = None) -> int:
+        import torch
+
         try:
             return main(argv)
-        except (DataUnavailableError, BackboneUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
+        except (DataUnavailableError, BackboneUnavailableError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+        except (ValueError, FileNotFoundError) as e:
+            if not _raised_by_project(e):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+        except torch.cuda.OutOfMemoryError as e:
+            print(f"{OOM_LINE}: {' '.join(str(e).split())} (lower --batch-size, or RUNS_PER_GPU for a grid)",
+                  file=sys.stderr)
+        return 2
 
     return wrapped
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -324,6 +326,10 @@ class _StepTimer:
         return self._now() - self.start - self.excluded
 
 
+# Set (to 1) by a parent that already keeps the run's output in <run dir>/train.log.
+OUTPUT_LOGGED_ENV = "GRASSMANN_FLOWS_OUTPUT_LOGGED"
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -337,9 +343,21 @@ def fit(
     run_info: what identifies the run (config dicts, names); it is saved in
     config.json and in every checkpoint's metadata and checked on --resume.
     Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json, and
-    git.diff when the checkout has uncommitted edits.
+    git.diff when the checkout has uncommitted edits. An exception's traceback is also
+    appended to train.log (unless OUTPUT_LOGGED_ENV says the whole output goes there).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit(model, task, cfg, run_dir, run_info, resume)
+    except Exception:
+        if os.environ.get(OUTPUT_LOGGED_ENV) != "1":
+            with open(run_dir / "train.log", "a") as f:
+                f.write(f"rank {distributed.rank()}: " + traceback.format_exc())
+        raise
+
+
+def _fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, run_info: dict[str, Any],
+         resume: bool) -> dict[str, Any]:
     device = distributed.init(resolve_device(cfg.device))
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     world, rank = distributed.world_size(), distributed.rank()
