@@ -404,6 +404,31 @@ def test_distilbert_run_records_its_head_not_the_lm_settings(tmp_path, backbone_
     assert config["distilbert"]["combine"] == "siamese"
 
 
+def test_distilbert_features_are_computed_on_the_ranks_own_device(tmp_path, backbone_dir, monkeypatch):
+    """Under torchrun the process group is joined (which gives each rank cuda:LOCAL_RANK)
+    before the backbone computes the feature cache; before, every rank computed on cuda:0.
+    `distributed.init` returning cpu:0 stands in for the rank's own GPU here."""
+    events = []
+    real_setup = train_snli.distilbert_setup
+
+    def init(device):
+        events.append("init")
+        return torch.device("cpu", 0)
+
+    def setup(head, splits, cache_dir, device):
+        events.append(("setup", device))
+        return real_setup(head, splits, cache_dir, device)
+
+    monkeypatch.setattr(train_snli.distributed, "init", init)
+    monkeypatch.setattr(train_snli, "distilbert_setup", setup)
+    args = ["--mode", "distilbert", "--model", "grassmann", "--backbone", str(backbone_dir), "--data-dir",
+            str(FIXTURE_DATA), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "1", "--eval-max-batches", "1",
+            "--device", "cpu"]
+    assert train_snli.main(args) == 0
+    assert events[:2] == ["init", ("setup", torch.device("cpu", 0))]
+
+
 @pytest.mark.parametrize("extra", [["--mode", "distilbert", "--model", "grassmann"], ["--model", "transformer"]])
 def test_transformer_head_flag_outside_the_distilbert_transformer_is_refused(tmp_path, capsys, extra):
     args = [*extra, "--transformer-head", "siamese", "--data-dir", str(FIXTURE_DATA),

@@ -29,6 +29,7 @@ from .runs import (add_dataclass_args, cli, corpus_label, dataclass_from_args, d
                    parse_option, run_name)
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
+from .utils import distributed
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device, to_device
 
 # SNLI defaults (the paper: 20 epochs; nothing else stated for the classifiers).
@@ -193,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         data_cfg = SNLIDataConfig(tokenizer=data_cfg.tokenizer, encoding=args.encoding, sent_len=48,
                                   max_len=2 * 48)
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
-        model, task = distilbert_setup(head, splits, cache_dir, resolve_device(train_cfg.device))
+        # Under torchrun each rank computes on its own GPU (not all on cuda:0): join first.
+        # Rank 0 builds the feature cache; the others then find it instead of building it too.
+        device = distributed.init(resolve_device(train_cfg.device))
+        if distributed.is_rank0():
+            model, task = distilbert_setup(head, splits, cache_dir, device)
+        distributed.barrier()
+        if not distributed.is_rank0():
+            model, task = distilbert_setup(head, splits, cache_dir, device)
         model_info = {"distilbert": head}
         # The head's own depth; no LM preset shapes it.
         summary.update(seq_len=data_cfg.sent_len, preset=None, transformer_head=combine,
