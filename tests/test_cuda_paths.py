@@ -373,3 +373,25 @@ threading.Thread(target=queue._execute, args=(cmd, Path({str(tmp_path / 'run.log
         time.sleep(0.1)
     os.kill(run_pid, 9)
     pytest.fail("the run outlived the killed queue")
+
+
+# --- evaluation reads the device once ---------------------------------------------------
+
+@pytest.mark.parametrize("n_tokens, stride, batch_size", [(50, 3, 4), (41, 8, 3), (33, 1, 64)])
+def test_sliding_evaluation_scores_every_target_once(n_tokens: int, stride: int, batch_size: int) -> None:
+    """Overlapping windows summed on the device (one read at the end, not one per window),
+    against a window-by-window float64 reference; odd lengths, strides 1 to L."""
+    from grassmann_flows.eval_wikitext import evaluate_sliding
+
+    L, V = 8, 13
+    g = torch.Generator().manual_seed(n_tokens)
+    tokens = torch.randint(0, V, (n_tokens,), generator=g).numpy()
+    model = torch.nn.Sequential(torch.nn.Embedding(V, 16), torch.nn.Linear(16, V)).double()
+    got = evaluate_sliding(model, tokens, L, stride, batch_size, CPU, precision="fp32")
+    total, count, ids = 0.0, 0, torch.from_numpy(tokens)
+    for s in range(0, n_tokens - L, stride):
+        nll = torch.nn.functional.cross_entropy(model(ids[s:s + L]), ids[s + 1:s + L + 1], reduction="none")
+        keep = nll if s == 0 else nll[-stride:]
+        total, count = total + keep.sum().item(), count + keep.numel()
+    assert got["n_targets"] == count
+    assert got["loss"] == pytest.approx(total / count, rel=1e-6)  # its cross-entropy runs in float32

@@ -85,15 +85,17 @@ class SNLITask:
         ds = self.splits[split]
         was_training = model.training
         model.eval()
-        confusion = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
-        total_loss = 0.0
+        # Summed on the device and read once at the end, not once per batch.
+        confusion = torch.zeros(len(LABELS) ** 2, dtype=torch.long, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for batch in eval_batches(ds, batch_size, max_batches, device, fetch=_fetch):
             with autocast(device, precision):
                 logits = self.forward(model, batch).float()
-            total_loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            pairs = batch["labels"].cpu() * len(LABELS) + logits.argmax(-1).cpu()
-            confusion += torch.bincount(pairs, minlength=len(LABELS) ** 2).view(len(LABELS), len(LABELS))
+            total += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
+            confusion += torch.bincount(batch["labels"] * len(LABELS) + logits.argmax(-1), minlength=len(LABELS) ** 2)
         model.train(was_training)
+        confusion = confusion.view(len(LABELS), len(LABELS)).cpu()
+        total_loss = total.item()
         n = int(confusion.sum())
         per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
         return {"acc": confusion.diag().sum().item() / max(1, n), "loss": total_loss / max(1, n), "n": n,
