@@ -150,7 +150,9 @@ def window_partners(
         for d in band:
             head_of[d] = h
     t = torch.arange(length, device=device)[:, None]
-    first = (torch.clamp(t - window + 1, min=0) + stride - 1) // stride * stride
+    # ceil((t - window + 1) / stride), floored at 0; floor-dividing a clamped value trips
+    # inductor's range analysis for a dynamic length (torch 2.13), clamping the quotient does not
+    first = ((t - window + stride) // stride).clamp(min=0) * stride
     end = torch.clamp(t // stride * stride + window, max=length)  # the last window holding t ends here
     s = first + torch.arange(K, device=device)
     valid = (s < end) & (s != t)
