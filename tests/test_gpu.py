@@ -2,8 +2,9 @@
 
 Every test here is marked `gpu`: without CUDA they are skipped with the reason shown;
 `pytest -m gpu` runs only them. They are sized for a short GPU session (seconds each,
-the torch.compile ones a few tens of seconds), and conftest pins the kernels' autotuning
-to one config (GRASSMANN_FLOWS_KERNEL_CONFIG=pinned), so no time goes to tuning.
+the torch.compile ones a few tens of seconds). The kernels run their one pinned config
+(the default; only the benchmark autotunes), so no time goes to tuning. docs/cuda-paths.md
+lists which CUDA path each test covers.
 """
 
 from __future__ import annotations

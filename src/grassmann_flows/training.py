@@ -520,10 +520,10 @@ def _train_epoch(loop: _Loop, state: TrainState, epoch: int, stop: StopRequest) 
             timer.steps += 1
         # The ranks agree on a signal only where a flush happens anyway (a collective each
         # step would cost a host round trip); one process checks its own flag every step.
-        boundary = (len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch
-                    or bool(cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps))
+        at_limit = bool(cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
+        boundary = len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch or at_limit
         signalled = stop.agreed() if boundary or world == 1 else False
-        stopping = signalled or (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
+        stopping = signalled or at_limit
         if boundary or stopping:
             diverged = _flush(loop, state, pending, epoch, lr, timer.window_ms(), bar)
             if diverged:
