@@ -297,19 +297,19 @@ def test_a_run_out_of_gpu_memory_fails_with_that_note_and_the_grid_goes_on(monke
 
     knobs = grid.Knobs.from_env({"DATA_DIR": str(DATA), "QUICK": "1", "SEEDS": "0", "CONTROLS": "0",
                                  "LAYER_DEPTHS_OVERRIDE": "1", "SEQ_LENS": "16"})
-    runs = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["wikitext"])
+    planned = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["wikitext"])
     queue = grid.Queue(knobs, [None], "train", tmp_path, "python")
     oom = f"{runs.OOM_LINE}: CUDA out of memory. Tried to allocate 2.00 GiB (lower --batch-size, ...)\n"
 
     def execute(cmd: list[str], log: Path, slot: Any, on_line: Any = None) -> int:
-        failing = runs[0].name in str(log)
+        failing = planned[0].name in str(log)
         on_line("step 1/4 epoch 1 loss 9.0\n")
         if failing:
             on_line(oom)
         return 2 if failing else 0
 
     monkeypatch.setattr(queue, "_execute", execute)
-    first, second = queue.run(runs)
+    first, second = queue.run(planned)
     assert first.status == "failed" and first.note.startswith(oom.strip())
     assert second.status == "completed"
 
