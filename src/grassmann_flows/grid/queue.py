@@ -117,6 +117,19 @@ def plan_slots(knobs: Knobs) -> tuple[list[str | None], str]:
 # --------------------------------------------------------------------------- the queue
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux, looked up here: a forked child should not load libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None).prctl
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In a run's process before it starts (Linux): SIGKILL it when the queue dies.
 
@@ -125,11 +138,8 @@ def _die_with_parent() -> None:
     already sent it SIGTERM (save last.pt) by then. The signal follows the thread that
     started the run, which waits for it to end.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
