@@ -395,3 +395,36 @@ def test_sliding_evaluation_scores_every_target_once(n_tokens: int, stride: int,
         total, count = total + keep.sum().item(), count + keep.numel()
     assert got["n_targets"] == count
     assert got["loss"] == pytest.approx(total / count, rel=1e-6)  # its cross-entropy runs in float32
+
+
+# --- bf16 through the Triton kernels -----------------------------------------------------
+
+def test_fused_model_bf16_step_against_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Grassmann LM's CUDA configuration, one training step: the fused Triton kernels
+    (in the interpreter) under bf16 autocast, against the naive model in float64. Logits
+    within bf16's tolerance, every parameter gradient within 5e-2 (bf16 operands through
+    two layers, as in the GPU tests)."""
+    pytest.importorskip("triton", reason="the fused kernels are written in Triton, which is not installed")
+    from conftest import TOL, assert_close
+
+    from grassmann_flows.models import build_model
+    from grassmann_flows.ops.wedge_project import triton as kernels
+
+    launches = []
+    real = kernels._wedge_project
+    monkeypatch.setattr(kernels, "_wedge_project", lambda *a: launches.append(a[0].dtype) or real(*a))
+    small = dict(d_model=32, n_heads=2, d_ff=64, vocab_size=97, n_positions=24, reduced_dim=8, dropout=0.0)
+    torch.manual_seed(0)
+    fused = build_model("grassmann", mixer_impl="fused", n_layers=2, **small)
+    reference = build_model("grassmann", mixer_impl="naive", n_layers=2, **small).double()
+    reference.load_state_dict(fused.state_dict())
+    ids = torch.randint(0, 97, (2, 21), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = fused(ids[:, :-1])
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
+    expected = reference(ids[:, :-1])
+    torch.nn.functional.cross_entropy(expected.flatten(0, 1), ids[:, 1:].flatten()).backward()
+    assert launches and set(launches) == {torch.bfloat16}
+    assert_close("logits", logits, expected, TOL[torch.bfloat16])
+    for (name, p), q in zip(fused.named_parameters(), reference.parameters()):
+        assert_close(name, p.grad, q.grad, 5e-2)
