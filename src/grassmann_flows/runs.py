@@ -133,28 +133,35 @@ def _raised_by_project(e: BaseException) -> bool:
     return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
 
 
-def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Run `main`, turning the project's own failures into one readable line and exit code 2.
+def error_line(e: BaseException) -> str | None:
+    """The one line an expected failure prints, or None for one that keeps its traceback.
 
-    Own failures: its error types, and ValueError / FileNotFoundError raised by its code.
-    Running out of GPU memory is one line too (OOM_LINE). Anything else keeps its traceback.
+    Expected: the project's error types, ValueError / FileNotFoundError raised by its own
+    code (a bad knob, a missing file), and running out of GPU memory (OOM_LINE).
     """
+    import torch
+
+    if isinstance(e, (DataUnavailableError, BackboneUnavailableError, CheckpointError)) or (
+            isinstance(e, (ValueError, FileNotFoundError)) and _raised_by_project(e)):
+        return f"error: {e}"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return f"{OOM_LINE}: {' '.join(str(e).split())} (lower --batch-size, or RUNS_PER_GPU for a grid)"
+    return None
+
+
+def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Run `main`, turning expected failures (`error_line`) into one line and exit code 2;
+    anything else keeps its traceback."""
 
     def wrapped(argv: list[str] | None = None) -> int:
-        import torch
-
         try:
             return main(argv)
-        except (DataUnavailableError, BackboneUnavailableError, CheckpointError) as e:
-            print(f"error: {e}", file=sys.stderr)
-        except (ValueError, FileNotFoundError) as e:
-            if not _raised_by_project(e):
+        except Exception as e:
+            line = error_line(e)
+            if line is None:
                 raise
-            print(f"error: {e}", file=sys.stderr)
-        except torch.cuda.OutOfMemoryError as e:
-            print(f"{OOM_LINE}: {' '.join(str(e).split())} (lower --batch-size, or RUNS_PER_GPU for a grid)",
-                  file=sys.stderr)
-        return 2
+            print(line, file=sys.stderr)
+            return 2
 
     return wrapped
 

@@ -343,14 +343,17 @@ def fit(
     run_info: what identifies the run (config dicts, names); it is saved in
     config.json and in every checkpoint's metadata and checked on --resume.
     Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json, and
-    git.diff when the checkout has uncommitted edits. An exception's traceback is also
-    appended to train.log (unless OUTPUT_LOGGED_ENV says the whole output goes there).
+    git.diff when the checkout has uncommitted edits. The traceback of an unexpected
+    error (one `runs.error_line` does not make one line of) is also appended to train.log,
+    unless OUTPUT_LOGGED_ENV says the whole output goes there; a refusal leaves run_dir as it was.
     """
+    from .runs import error_line
+
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _fit(model, task, cfg, run_dir, run_info, resume)
-    except Exception:
-        if os.environ.get(OUTPUT_LOGGED_ENV) != "1":
+    except Exception as e:
+        if error_line(e) is None and os.environ.get(OUTPUT_LOGGED_ENV) != "1":
             with open(run_dir / "train.log", "a") as f:
                 f.write(f"rank {distributed.rank()}: " + traceback.format_exc())
         raise
