@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+# The benchmark alone tunes the Triton kernels (training uses their one pinned config);
+# read when the kernels are imported.
+os.environ.setdefault("GRASSMANN_FLOWS_KERNEL_CONFIG", "autotune")
 
 from grassmann_flows.bench.cli import main  # noqa: E402
 

@@ -164,7 +164,8 @@ run_step() {  # run_step <name> <longest s> <function>: time-boxed, recorded in 
   t0=$(date +%s)
   if [ "$box" -gt 0 ]; then
     echo "=== [$name] up to ${box} s ($(left) s of the budget left)"
-    # timeout sends TERM to the step at its box and KILLs it GRACE_S later
+    # timeout sends TERM to the step at its box and KILLs it GRACE_S later; the training runs
+    # of the grid step have their own sessions, out of its reach, and die with their queue
     timeout -s TERM -k "$GRACE_S" "$box" bash -c "$(declare -f "$fn"); $(declare -p OUT BENCH_OUT PYTHON GRACE_S COMMAND); $fn $box" &
     CHILD=$!
     wait "$CHILD"; rc=$?

@@ -2,9 +2,9 @@
 
 Without a GPU, Triton kernels run through Triton's interpreter. The switch is read
 when kernels are first decorated, so it must be set before any test module imports
-Triton (test order must not matter). The kernels' autotuning is pinned to one config
-(GRASSMANN_FLOWS_KERNEL_CONFIG=pinned) so that GPU runs compile one config per shape
-instead of timing the whole space.
+Triton (test order must not matter). The kernels run their pinned config
+(GRASSMANN_FLOWS_KERNEL_CONFIG=pinned, the default; a value the caller set is kept), so
+that GPU runs compile one config per shape instead of timing the space.
 
 Tests marked `gpu` need CUDA; elsewhere they are skipped with the reason shown
 (`pytest -m gpu` selects them).

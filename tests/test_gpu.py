@@ -2,8 +2,9 @@
 
 Every test here is marked `gpu`: without CUDA they are skipped with the reason shown;
 `pytest -m gpu` runs only them. They are sized for a short GPU session (seconds each,
-the torch.compile ones a few tens of seconds), and conftest pins the kernels' autotuning
-to one config (GRASSMANN_FLOWS_KERNEL_CONFIG=pinned), so no time goes to tuning.
+the torch.compile ones a few tens of seconds). The kernels run their one pinned config
+(the default; only the benchmark autotunes), so no time goes to tuning. docs/cuda-paths.md
+lists which CUDA path each test covers.
 """
 
 from __future__ import annotations
@@ -183,3 +184,151 @@ def test_ddp_two_processes_nccl(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["world_size"] == 2 and results["status"] == "completed"
+
+
+# ------------------------------------------- paths only CUDA takes (docs/cuda-paths.md)
+
+FIXTURE = REPO / "tests" / "fixtures" / "data"
+TINY_LM = ["--model", "grassmann", "--preset", "paper", "--n-layers", "1", "--mixer-impl", "fused",
+           "--opt", "d_model=32", "--opt", "d_ff=64", "--opt", "n_heads=2", "--opt", "reduced_dim=8",
+           "--data-dir", str(FIXTURE), "--batch-size", "4", "--warmup-steps", "1", "--lr", "1e-3",
+           "--eval-max-batches", "2", "--seq-len", "16", "--log-every", "1", "--device", DEVICE]
+
+
+def test_pinned_kernel_config_gives_the_same_gradients_every_call(kernels) -> None:
+    """One fixed config per kernel (no autotuning outside the benchmark): the same inputs give
+    bit-identical outputs and gradients, call after call (the dA split sums add no atomics)."""
+    from conftest import wedge_inputs
+
+    u, w, weight, dy = wedge_inputs((3, 1001), 32, 256, torch.bfloat16, DEVICE)
+    first = [kernels.wedge_project_fused(u, w, weight), *torch.autograd.grad(
+        kernels.wedge_project_fused(u, w, weight), (u, w, weight), dy)]
+    again = [kernels.wedge_project_fused(u, w, weight), *torch.autograd.grad(
+        kernels.wedge_project_fused(u, w, weight), (u, w, weight), dy)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_train_stop_resume_eval_on_cuda(kernels, tmp_path: Path) -> None:
+    """The CLI path of a GPU run: fused kernels, bf16 autocast (precision stored resolved),
+    fused AdamW, pinned host-to-device copies, CUDA-synchronised step timing; stopped after 3
+    steps, resumed from last.pt (read to the CPU, the GPU's RNG restored), evaluated.
+
+    What resume promises on CUDA: the same run within tolerance, not bit-identical (several
+    backward passes add with atomics, in no fixed order); on the CPU it is bit-identical
+    (tests/test_reliability.py)."""
+    from grassmann_flows import eval_wikitext, train
+    from grassmann_flows.utils.checkpoint import load_checkpoint
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    steps = ["--epochs", "1", "--max-steps-per-epoch", "6", "--compile", "off"]
+    full, run = tmp_path / "full", tmp_path / "run"
+    assert train.main([*TINY_LM, *cache, *steps, "--out-dir", str(full)]) == 0
+    assert train.main([*TINY_LM, *cache, *steps, "--out-dir", str(run), "--stop-after-steps", "3"]) == 0
+    assert train.main([*TINY_LM, *cache, *steps, "--out-dir", str(run), "--resume"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["rng"][0]["cuda"].device.type == "cpu" and ckpt["meta"]["state"]["global_step"] == 6
+    a, b = load_checkpoint(full / "last.pt")["model"], ckpt["model"]
+    for k in a:
+        assert_close(k, b[k].double(), a[k].double(), 1e-3)
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and results["train_time_s"] > 0 and results["peak_mem_mb"] > 0
+    assert results["env"]["gpu"] == torch.cuda.get_device_name(0) and results["device"] == "cuda"
+    assert eval_wikitext.main([str(run), *cache, "--batch-size", "4", "--max-batches", "2"]) == 0
+    evaluated = json.loads((run / "eval_test.json").read_text())
+    assert evaluated["precision"] == "bf16"
+    assert evaluated["blocks"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-4)
+
+
+def test_compiled_training_run_on_cuda(kernels, tmp_path: Path) -> None:
+    """`fit` with torch.compile on CUDA (the default there) around the fused kernels: two steps."""
+    from grassmann_flows import train
+
+    run = tmp_path / "run"
+    torch._dynamo.reset()
+    assert train.main([*TINY_LM, "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(run), "--epochs", "1",
+                       "--max-steps-per-epoch", "2", "--compile", "auto"]) == 0
+    assert json.loads((run / "results.json").read_text())["status"] == "completed"
+
+
+def test_compiled_distilbert_grassmann_head_every_width_on_cuda() -> None:
+    """The DistilBERT Grassmann head, compiled by inductor on CUDA, over many batch widths
+    within a recompile limit of 2, against eager."""
+    from grassmann_flows.models.snli_heads import build_head
+
+    torch._dynamo.reset()
+    head = build_head("grassmann", in_dim=48, d_model=32, reduced_dim=8, d_ff=64).to(DEVICE).eval()
+    compiled = torch.compile(head, fullgraph=True)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    g = torch.Generator().manual_seed(0)
+    with torch._dynamo.config.patch({limit: 2, "fail_on_recompile_limit_hit": True}), torch.no_grad():
+        for L in (5, 9, 12, 17, 23, 31, 48):
+            x, y = (torch.randn(2, n, 48, generator=g).to(DEVICE) for n in (L, L + 1))
+            xm, ym = (torch.ones(2, n, dtype=torch.long, device=DEVICE) for n in (L, L + 1))
+            xm[1, L // 2:] = 0
+            assert_close(f"L={L}", compiled(x, xm, y, ym), head(x, xm, y, ym), 1e-4)
+
+
+def test_pinned_copies_arrive_intact() -> None:
+    """to_device pins host tensors and copies without blocking; the values arrive unchanged."""
+    from grassmann_flows.training import gather_batch, to_device
+
+    t = torch.arange(1000, dtype=torch.long).view(10, 100)
+    assert torch.equal(to_device(t, torch.device(DEVICE)).cpu(), t)
+    x, y = gather_batch([(t[i], -t[i]) for i in range(10)], [3, 1], torch.device(DEVICE))
+    assert torch.equal(x.cpu(), t[[3, 1]]) and torch.equal(y.cpu(), -t[[3, 1]])
+
+
+def test_out_of_gpu_memory_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from grassmann_flows.runs import OOM_LINE, cli
+
+    assert cli(lambda argv: int(torch.empty(2**50, device=DEVICE).sum()))([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(OOM_LINE)
+
+
+def test_free_gpu_memory_as_nvidia_smi_and_torch_see_it() -> None:
+    """The queue's free-memory reading (nvidia-smi, by index or UUID) against torch's."""
+    from grassmann_flows.grid.queue import _gpu_free_gib, _visible_free_gib
+    from grassmann_flows.utils.env import nvidia_driver
+
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"nvidia-smi is not usable here: {e}")
+    free = _gpu_free_gib()
+    assert len(free) == torch.cuda.device_count()
+    assert abs(free[0] - torch.cuda.mem_get_info(0)[0] / 2**30) < 2  # other processes may allocate meanwhile
+    index, uuid, _ = (c.strip() for c in smi.splitlines()[0].split(","))
+    assert _visible_free_gib(smi, uuid) == _visible_free_gib(smi, index)
+    assert nvidia_driver() is not None  # the driver version every result records
+
+
+def test_benchmark_quick_on_cuda(tmp_path: Path) -> None:
+    """The benchmark's CUDA path: CUDA-event timing, the kernels autotuned (the benchmark
+    alone autotunes), the fused mixer; --quick sizes, mixer part only."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GRASSMANN_FLOWS_KERNEL_CONFIG")}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--device", DEVICE,
+                           "--only", "mixer", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (result,) = [json.loads(f.read_text()) for f in tmp_path.glob("*.json")]
+    fused = [row for row in result["mixer"] if row["layer"] == "grassmann-fused"]
+    assert fused and all("error" not in row and row["ms"] > 0 for row in fused), fused
+
+
+def test_grid_packs_two_runs_on_one_gpu(tmp_path: Path) -> None:
+    """RUNS_PER_GPU=2: two training processes share GPU 0 and both complete."""
+    from grassmann_flows import grid
+
+    knobs = grid.Knobs.from_env({"DATA_DIR": str(FIXTURE), "OUT_ROOT": str(tmp_path / "outputs"), "CONTROLS": "0",
+                                 "QUICK": "1", "SEEDS": "0", "LAYER_DEPTHS_OVERRIDE": "1", "SEQ_LENS": "16",
+                                 "EXTRA_ARGS": "--opt d_model=32 --opt d_ff=64 --opt n_heads=2 --compile off"})
+    runs = grid.Planner(knobs).speedrun(["transformer", "grassmann"], ["wikitext"])
+    grid.preflight(runs, knobs, "train")
+    queue = grid.Queue(knobs, ["0", "0"], "train", tmp_path / "outputs" / "stamp", sys.executable)
+    outcomes = queue.run(runs)
+    assert [o.status for o in outcomes] == ["completed", "completed"], outcomes
+    assert max(o.started for o in outcomes) < min(o.started + o.train_s for o in outcomes)  # at once

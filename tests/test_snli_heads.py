@@ -404,6 +404,31 @@ def test_distilbert_run_records_its_head_not_the_lm_settings(tmp_path, backbone_
     assert config["distilbert"]["combine"] == "siamese"
 
 
+def test_distilbert_features_are_computed_on_the_ranks_own_device(tmp_path, backbone_dir, monkeypatch):
+    """Under torchrun the process group is joined (which gives each rank cuda:LOCAL_RANK)
+    before the backbone computes the feature cache; before, every rank computed on cuda:0.
+    `distributed.init` returning cpu:0 stands in for the rank's own GPU here."""
+    events = []
+    real_setup = train_snli.distilbert_setup
+
+    def init(device):
+        events.append("init")
+        return torch.device("cpu", 0)
+
+    def setup(head, splits, cache_dir, device):
+        events.append(("setup", device))
+        return real_setup(head, splits, cache_dir, device)
+
+    monkeypatch.setattr(train_snli.distributed, "init", init)
+    monkeypatch.setattr(train_snli, "distilbert_setup", setup)
+    args = ["--mode", "distilbert", "--model", "grassmann", "--backbone", str(backbone_dir), "--data-dir",
+            str(FIXTURE_DATA), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "1", "--eval-max-batches", "1",
+            "--device", "cpu"]
+    assert train_snli.main(args) == 0
+    assert events[:2] == ["init", ("setup", torch.device("cpu", 0))]
+
+
 @pytest.mark.parametrize("extra", [["--mode", "distilbert", "--model", "grassmann"], ["--model", "transformer"]])
 def test_transformer_head_flag_outside_the_distilbert_transformer_is_refused(tmp_path, capsys, extra):
     args = [*extra, "--transformer-head", "siamese", "--data-dir", str(FIXTURE_DATA),
@@ -411,3 +436,24 @@ def test_transformer_head_flag_outside_the_distilbert_transformer_is_refused(tmp
     assert train_snli.main(args) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "--transformer-head" in err[0], err
+
+
+def test_compiled_grassmann_head_serves_every_batch_width_with_one_graph():
+    """Cached-feature batches are padded to their longest sentence, so every batch width
+    occurs. Under torch.compile the window computation must not specialise on it: past a
+    first static graph, one dynamic graph serves every width, within a recompile limit of 2
+    (before, each width compiled anew, and past the limit of 8 the head ran uncompiled)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    head = small_head("grassmann").eval()
+    counter = CompileCounterWithBackend("inductor")  # inductor's lowering too, as on a GPU
+    compiled = torch.compile(head, backend=counter, fullgraph=True)
+    limit = ("recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit")
+    with torch._dynamo.config.patch({limit: 2, "fail_on_recompile_limit_hit": True}), torch.no_grad():
+        for L in range(5, 11):
+            p, pm = random_features(2, L, seed=L)
+            h, hm = random_features(2, L + 1, seed=L + 100)
+            assert torch.allclose(compiled(p, pm, h, hm), head(p, pm, h, hm), atol=1e-5)
+    assert counter.frame_count <= 2
+    torch._dynamo.reset()

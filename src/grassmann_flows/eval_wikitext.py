@@ -42,18 +42,21 @@ def evaluate_sliding(model: nn.Module, tokens: np.ndarray, seq_len: int, stride:
         raise ValueError(f"--sliding-window must be in [1, seq_len={seq_len}], got {stride}")
     ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     starts = list(range(0, len(ids) - seq_len, stride))
-    total, count = 0.0, 0
+    # Summed on the device and read once at the end: a read per window would wait for the GPU each time.
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    scored_tail = torch.arange(seq_len, device=device) >= seq_len - stride  # a window's last S targets
     for b in range(0, len(starts), batch_size):
         chunk = starts[b:b + batch_size]
         win = torch.stack([ids[s:s + seq_len + 1] for s in chunk]).to(device)
         with autocast(device, precision):
             logits = model(win[:, :-1])
         nll = F.cross_entropy(logits.flatten(0, 1).float(), win[:, 1:].flatten(), reduction="none").view(len(chunk), -1)
-        for row, s in zip(nll, chunk):
-            keep = row if s == 0 else row[-stride:]
-            total += keep.double().sum().item()
-            count += keep.numel()
-    loss = total / max(1, count)
+        first = torch.tensor([s == 0 for s in chunk], device=device)
+        keep = scored_tail | first[:, None]
+        total += nll.double().masked_fill(~keep, 0.0).sum()
+        count += sum(seq_len if s == 0 else stride for s in chunk)
+    loss = total.item() / max(1, count)
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "n_targets": count, "stride": stride}
 
 

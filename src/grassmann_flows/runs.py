@@ -120,14 +120,50 @@ def paper_batch_size(seq_len: int) -> int:
     return max(1, 4096 // seq_len)
 
 
+# The line a run that ran out of GPU memory ends with (the grid's queue reads it).
+OOM_LINE = "error: out of GPU memory"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_by_project(e: BaseException) -> bool:
+    """Whether the innermost frame that raised `e` is this package's code (a bad knob, a
+    missing file), not a library's (an inductor or Triton failure, whose traceback matters)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line an expected failure prints, or None for one that keeps its traceback.
+
+    Expected: the project's error types, ValueError / FileNotFoundError raised by its own
+    code (a bad knob, a missing file), and running out of GPU memory (OOM_LINE).
+    """
+    import torch
+
+    if isinstance(e, (DataUnavailableError, BackboneUnavailableError, CheckpointError)) or (
+            isinstance(e, (ValueError, FileNotFoundError)) and _raised_by_project(e)):
+        return f"error: {e}"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return f"{OOM_LINE}: {' '.join(str(e).split())} (lower --batch-size, or RUNS_PER_GPU for a grid)"
+    return None
+
+
 def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Run `main`, turning expected failures into one readable line and exit code 2."""
+    """Run `main`, turning expected failures (`error_line`) into one line and exit code 2;
+    anything else keeps its traceback."""
 
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
-        except (DataUnavailableError, BackboneUnavailableError, CheckpointError, ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:
+            line = error_line(e)
+            if line is None:
+                raise
+            print(line, file=sys.stderr)
             return 2
 
     return wrapped
@@ -167,6 +203,7 @@ def load_run(path: str | Path, expect: dict[str, Any], device: Any) -> tuple[Any
     ckpt, ckpt_path = open_run(path, expect, device)
     if "model" not in ckpt["meta"]:
         raise CheckpointError(f"{ckpt_path} holds no from-scratch model config")
-    model = model_from_config(ModelConfig.from_dict(ckpt["meta"]["model"]))
+    # A classifier's own settings (pooling) sit beside its ModelConfig in the run's config.
+    model = model_from_config(ModelConfig.from_dict(ckpt["meta"]["model"]), **ckpt["meta"].get("classifier", {}))
     load_weights(model, ckpt, ckpt_path)
     return model.to(device).eval(), ckpt["meta"], ckpt_path

@@ -29,6 +29,7 @@ from .runs import QUICK_HELP, add_dataclass_args, cli, corpus_label, default_cac
 from .data.distilbert_features import CachedFeatureDataset, cached_feature_splits
 from .models.snli_heads import build_snli_model, nli_inputs
 from .spec import spec_from_args
+from .utils import distributed
 from .training import TrainConfig, autocast, eval_batches, exit_code, fit, gather_batch, resolve_device, to_device
 
 def _scratch_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,15 +81,17 @@ class SNLITask:
         ds = self.splits[split]
         was_training = model.training
         model.eval()
-        confusion = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
-        total_loss = 0.0
+        # Summed on the device and read once at the end, not once per batch.
+        confusion = torch.zeros(len(LABELS) ** 2, dtype=torch.long, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for batch in eval_batches(ds, batch_size, max_batches, device, fetch=_fetch):
             with autocast(device, precision):
                 logits = self.forward(model, batch).float()
-            total_loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            pairs = batch["labels"].cpu() * len(LABELS) + logits.argmax(-1).cpu()
-            confusion += torch.bincount(pairs, minlength=len(LABELS) ** 2).view(len(LABELS), len(LABELS))
+            total += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
+            confusion += torch.bincount(batch["labels"] * len(LABELS) + logits.argmax(-1), minlength=len(LABELS) ** 2)
         model.train(was_training)
+        confusion = confusion.view(len(LABELS), len(LABELS)).cpu()
+        total_loss = total.item()
         n = int(confusion.sum())
         per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
         return {"acc": confusion.diag().sum().item() / max(1, n), "loss": total_loss / max(1, n), "n": n,
@@ -168,7 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         model_info = {"model": model_cfg.to_dict(), "classifier": {"pooling": spec.pooling}}
     else:
         splits = load_snli_splits(data_dir, data_cfg, cache_dir)
-        model, task = distilbert_setup(spec.head, splits, cache_dir, resolve_device(train_cfg.device))
+        # Under torchrun each rank computes on its own GPU (not all on cuda:0): join first.
+        # Rank 0 builds the feature cache; the others then find it instead of building it too.
+        device = distributed.init(resolve_device(train_cfg.device))
+        if distributed.is_rank0():
+            model, task = distilbert_setup(spec.head, splits, cache_dir, device)
+        distributed.barrier()
+        if not distributed.is_rank0():
+            model, task = distilbert_setup(spec.head, splits, cache_dir, device)
         model_info = {"distilbert": spec.head}
         # The head's own depth; no LM preset shapes it.
         summary.update(transformer_head=spec.head["combine"], n_layers=getattr(model, "head", model).n_layers)

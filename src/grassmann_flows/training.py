@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import traceback
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -55,7 +56,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32; runs store it resolved
     compile: str = "auto"  # auto (on for CUDA) | on | off
     compile_mode: str = "default"  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
     max_steps_per_epoch: int = 0  # 0 = the whole split; QUICK runs cap it
@@ -104,9 +105,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32": "auto" is bf16 on CUDA and fp32 elsewhere.
+
+    A run stores the resolved value, so that its evaluation on any device computes in
+    the precision it trained in.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA by default; float32 on the CPU."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """bf16 autocast when `precision` resolves to bf16 on `device` (see `resolve_precision`)."""
+    use_bf16 = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
@@ -321,6 +338,10 @@ class _StepTimer:
         return self._now() - self.start - self.excluded
 
 
+# Set (to 1) by a parent that already keeps the run's output in <run dir>/train.log.
+OUTPUT_LOGGED_ENV = "GRASSMANN_FLOWS_OUTPUT_LOGGED"
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -334,10 +355,26 @@ def fit(
     run_info: what identifies the run (config dicts, names); it is saved in
     config.json and in every checkpoint's metadata and checked on --resume.
     Writes into run_dir: config.json, metrics.jsonl, best.pt, last.pt, results.json, and
-    git.diff when the checkout has uncommitted edits.
+    git.diff when the checkout has uncommitted edits. The traceback of an unexpected
+    error (one `runs.error_line` does not make one line of) is also appended to train.log,
+    unless OUTPUT_LOGGED_ENV says the whole output goes there; a refusal leaves run_dir as it was.
     """
+    from .runs import error_line
+
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit(model, task, cfg, run_dir, run_info, resume)
+    except Exception as e:
+        if error_line(e) is None and os.environ.get(OUTPUT_LOGGED_ENV) != "1":
+            with open(run_dir / "train.log", "a") as f:
+                f.write(f"rank {distributed.rank()}: " + traceback.format_exc())
+        raise
+
+
+def _fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, run_info: dict[str, Any],
+         resume: bool) -> dict[str, Any]:
     device = distributed.init(resolve_device(cfg.device))
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     world, rank = distributed.world_size(), distributed.rank()
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
@@ -371,7 +408,10 @@ def fit(
     # evaluated and checkpointed, so state_dict keys never get DDP's "module." prefix.
     train_model: nn.Module = model
     if world > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        # No buffer broadcast: the models' buffers are constants (the antisymmetrizers, 11.6 MiB
+        # at N=6), identical on every rank from construction; nothing trains them.
+        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     if use_compile:
         train_model = torch.compile(train_model, mode=cfg.compile_mode)
@@ -384,7 +424,7 @@ def fit(
     def checkpoint(name: str) -> None:
         # Called by every rank at the same point: each rank's RNG state goes into the file,
         # so a resumed run continues every rank's dropout stream exactly.
-        rngs = distributed.gather_objects(rng_state())
+        rngs = distributed.gather_objects(rng_state(device))
         if distributed.is_rank0():
             save_checkpoint(run_dir / name, model, {**identity, "state": asdict(state)}, optimizer, rngs)
 
@@ -432,7 +472,9 @@ def fit(
 
     test = None
     if status == "completed" and distributed.is_rank0() and (run_dir / "best.pt").is_file():
-        model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+        # To the CPU, then copied into the parameters: no second copy of weights and optimizer
+        # state on a GPU that still holds the training optimizer (and may be shared).
+        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         test = task.evaluate(model, "test", device, eval_bs, cfg.eval_max_batches, cfg.precision)
         log.write({"kind": "eval", "epoch": state.best_epoch, "split": "test", **_scalars(test)})
         log.line(f"EVAL split=test best_epoch={state.best_epoch} " + _fmt(test))
@@ -492,9 +534,13 @@ def _train_epoch(loop: _Loop, state: TrainState, epoch: int, stop: StopRequest) 
             loop.log.line(f"first step (compilation included): {seconds:.2f} s")
         else:
             timer.steps += 1
-        signalled = stop.agreed()
-        stopping = signalled or (cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
-        if len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch or stopping:
+        # The ranks agree on a signal only where a flush happens anyway (a collective each
+        # step would cost a host round trip); one process checks its own flag every step.
+        at_limit = bool(cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps)
+        boundary = len(pending) >= cfg.log_every or b + 1 == loop.steps_per_epoch or at_limit
+        signalled = stop.agreed() if boundary or world == 1 else False
+        stopping = signalled or at_limit
+        if boundary or stopping:
             diverged = _flush(loop, state, pending, epoch, lr, timer.window_ms(), bar)
             if diverged:
                 ended = ("diverged", diverged)
@@ -536,16 +582,25 @@ def _flush(loop: _Loop, state: TrainState, pending: list[tuple[int, torch.Tensor
     return None
 
 
+# TrainConfig fields that only say how long to run or how to execute: they may change on resume
+# (the two ways of computing the head's cross-entropy compute the same function).
+RESUME_MAY_CHANGE = ("stop_after_steps", "log_every", "device", "compile", "compile_mode", "head_loss")
+# Likewise the mixer's implementation (`impl`: its name in older checkpoints).
+MIXER_MAY_CHANGE = ("mixer_impl", "impl")
+
+
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             identity: dict[str, Any], device: torch.device) -> TrainState:
-    """Load last.pt into model and optimizer after checking it is this run's."""
-    ckpt = load_checkpoint(path, device)
+    """Load last.pt into model and optimizer after checking it is this run's.
+
+    The file is read to the CPU: the RNG setters take CPU tensors only, and
+    `load_state_dict` copies weights and optimizer state to the parameters' device.
+    """
+    ckpt = load_checkpoint(path, "cpu")
     saved = {k: v for k, v in ckpt["meta"].items() if k != "state"}
-    # Settings that only say how long to run may change on resume; the rest may not.
-    # The mixer's implementations compute the same function (`impl`: its name in older checkpoints),
-    # and so do the two ways of computing the head's cross-entropy.
-    volatile = {"stop_after_steps", "log_every", "device", "compile", "compile_mode", "mixer_impl", "impl", "head_loss"}
-    mismatched = [m for m in config_mismatch(saved, identity) if m.split(" ")[0].split(".")[-1] not in volatile]
+    if saved.get("train", {}).get("precision") == "auto":  # stored unresolved before: as resolved here
+        saved["train"] = {**saved["train"], "precision": resolve_precision("auto", device)}
+    mismatched = config_mismatch(_fixed_settings(saved), _fixed_settings(identity))
     if mismatched:
         raise CheckpointError(f"{path} was written by another configuration: " + "; ".join(mismatched))
     model.load_state_dict(ckpt["model"])
@@ -554,8 +609,18 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     # Resumed on as many processes, every rank continues its own RNG streams exactly; on
     # more, the extra ranks keep the fresh seed `fit` gave them.
     if distributed.rank() < len(ckpt["rng"]):
-        set_rng_state(ckpt["rng"][distributed.rank()])
+        set_rng_state(ckpt["rng"][distributed.rank()], device)
     return TrainState(**ckpt["meta"]["state"])
+
+
+def _fixed_settings(identity: dict[str, Any]) -> dict[str, Any]:
+    """`identity` less what a resume may change (RESUME_MAY_CHANGE, MIXER_MAY_CHANGE)."""
+    fixed = {**identity, "train": {k: v for k, v in identity.get("train", {}).items() if k not in RESUME_MAY_CHANGE}}
+    model = identity.get("model")
+    if isinstance(model, dict) and isinstance(model.get("mixer"), dict):
+        mixer = {k: v for k, v in model["mixer"].items() if k not in MIXER_MAY_CHANGE}
+        fixed["model"] = {**model, "mixer": mixer}
+    return fixed
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -141,10 +141,17 @@ def test_split_count(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @triton_only
 def test_config_knob(monkeypatch: pytest.MonkeyPatch) -> None:
-    """GRASSMANN_FLOWS_KERNEL_CONFIG: the whole space, its first entry, or a one-line error."""
+    """GRASSMANN_FLOWS_KERNEL_CONFIG: its first entry (the default), the whole space, or a one-line error.
+
+    By default every kernel has one config: autotuning picks per process by timing, and the
+    weight gradient's sum over tokens is chunked by BLOCK_N, so results would differ between
+    runs of the same inputs; it belongs to the benchmark.
+    """
     from grassmann_flows.ops.wedge_project import triton as kernels
 
     monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.delenv(kernels.CONFIG_ENV, raising=False)
+    assert all(len(kernels._configs(k)) == 1 for k in kernels.SPACE)
     monkeypatch.setenv(kernels.CONFIG_ENV, "autotune")
     assert len(kernels._configs("bwd_uw")) == len(kernels.SPACE["bwd_uw"])
     monkeypatch.setenv(kernels.CONFIG_ENV, "pinned")
@@ -152,8 +159,27 @@ def test_config_knob(monkeypatch: pytest.MonkeyPatch) -> None:
     bn, bd, nw, ns = kernels.SPACE["fwd"][0]
     assert (pinned.kwargs, pinned.num_warps, pinned.num_stages) == ({"BLOCK_N": bn, "BLOCK_D": bd}, nw, ns)
     monkeypatch.setenv(kernels.CONFIG_ENV, "fastest")
-    with pytest.raises(ValueError, match="expected one of autotune, pinned"):
+    with pytest.raises(ValueError, match="expected one of pinned, autotune"):
         kernels._configs("fwd")
+
+
+@triton_only
+def test_tf32_switch_read_through_either_api() -> None:
+    """float32 dots use TF32 exactly when F.linear's matmuls may. Once the newer
+    `fp32_precision` API is set, reading `allow_tf32` raises: it is read first."""
+    from grassmann_flows.ops.wedge_project import triton as kernels
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no fp32_precision API")
+    assert kernels.kernel_meta(torch.float32, 8)["PREC"] == ("tf32" if matmul.allow_tf32 else "ieee")
+    try:
+        matmul.fp32_precision = "tf32"
+        assert kernels.kernel_meta(torch.float32, 8)["PREC"] == "tf32"
+        matmul.fp32_precision = "ieee"
+        assert kernels.kernel_meta(torch.float32, 8)["PREC"] == "ieee"
+    finally:
+        matmul.fp32_precision = "none"
 
 
 @triton_only

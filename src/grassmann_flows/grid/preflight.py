@@ -168,19 +168,59 @@ def estimate(runs: list[Run], keep_going: Callable[[], bool] = lambda: True) -> 
     """Run name -> estimated seconds: one measured step x (training steps + validation batches / 3,
     a forward pass being about a third of a step). Compilation and start-up are not included;
     DistilBERT heads (feature cache first) are not estimated, nor shapes left when
-    `keep_going()` turns false (the time set aside for estimating is over)."""
+    `keep_going()` turns false (the time set aside for estimating is over).
+
+    On CUDA the steps run in a child process, whose CUDA context ends with it: the queue's
+    parent must not hold one (hundreds of MiB on a GPU its runs share) for the whole grid.
+    """
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    step_s: dict[tuple, float] = {}
-    out: dict[str, float | None] = {}
-    for run in runs:
-        if run.snli_mode == "distilbert" or (run.cost_key not in step_s and not keep_going()):
-            out[run.name] = None
-            continue
-        if run.cost_key not in step_s:
-            step_s[run.cost_key] = measure_step(run, device)
-        out[run.name] = step_s[run.cost_key] * (run.steps + run.epochs * run.val_batches / 3)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    shapes = {run.cost_key: run for run in runs if run.snli_mode != "distilbert"}
+    step_s = (_measure_in_child(list(shapes.values()), "cuda", keep_going) if device.type == "cuda"
+              else _measure_here(list(shapes.values()), device, keep_going))
+    return {run.name: step_s[run.cost_key] * (run.steps + run.epochs * run.val_batches / 3)
+            if run.cost_key in step_s else None for run in runs}
+
+
+def _measure_here(shapes: list[Run], device: Any, keep_going: Callable[[], bool]) -> dict[tuple, float]:
+    """cost_key -> seconds of one step, in order, while `keep_going()`."""
+    out = {}
+    for run in shapes:
+        if not keep_going():
+            break
+        out[run.cost_key] = measure_step(run, device)
+    return out
+
+
+def _measure_child(shapes: list[Run], device_type: str, conn: Any) -> None:
+    import torch
+
+    for run in shapes:
+        conn.send((run.cost_key, measure_step(run, torch.device(device_type))))
+
+
+def _measure_in_child(shapes: list[Run], device_type: str, keep_going: Callable[[], bool]) -> dict[tuple, float]:
+    """`_measure_here` in a spawned process, stopped when `keep_going()` turns false."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_measure_child, args=(shapes, device_type, send), daemon=True)
+    child.start()
+    send.close()
+    out: dict[tuple, float] = {}
+    try:
+        while len(out) < len(shapes) and keep_going():
+            if receive.poll(0.5):
+                key, seconds = receive.recv()
+                out[key] = seconds
+            elif not child.is_alive():
+                break  # it failed: its traceback is on stderr; the rest stays unestimated
+    except EOFError:
+        pass
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
     return out

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..data.sources import REPO_ROOT
-from ..runs import default_cache_dir
-from ..training import RESUME_HINT_ENV
+from ..runs import OOM_LINE, default_cache_dir
+from ..training import OUTPUT_LOGGED_ENV, RESUME_HINT_ENV
 from .plan import Knobs, PreflightError, Run
 from .preflight import newest
 
@@ -33,23 +33,45 @@ MAX_RUNS_PER_GPU = 8
 # --------------------------------------------------------------------------- slots
 
 
+def _visible_free_gib(smi_csv: str, visible: str | None) -> list[float]:
+    """Free GiB of the GPUs CUDA_VISIBLE_DEVICES names, in its order, from nvidia-smi's
+    `index, uuid, memory.free` rows (MiB); an entry is an index or a (prefix of a) UUID."""
+    rows = [[c.strip() for c in line.split(",")] for line in smi_csv.strip().splitlines() if line.strip()]
+    free = {index: float(mib) / 1024 for index, _, mib in rows}
+    if visible is None:
+        return [free[index] for index, _, _ in rows]
+    out = []
+    for entry in (e.strip() for e in visible.split(",")):
+        match = [index for index, uuid, _ in rows if entry == index or (entry and uuid.startswith(entry))]
+        if len(match) != 1:
+            break  # CUDA stops at the first entry it cannot resolve
+        out.append(free[match[0]])
+    return out
+
+
+_FREE_PROBE = "import torch; print(*[torch.cuda.mem_get_info(i)[0] / 2**30 for i in range(torch.cuda.device_count())])"
+
+
 def _gpu_free_gib() -> list[float]:
-    """Free memory of each visible GPU (nvidia-smi; the device total when it is absent)."""
+    """Free memory of each visible GPU: nvidia-smi, else torch in a child process.
+
+    The child exits with its CUDA context: this process, the queue's parent for the whole
+    grid, holds none on any GPU its runs use.
+    """
     import torch
 
     n = torch.cuda.device_count()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
-        free = [float(x) / 1024 for x in out]
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible:
-            free = [free[int(i)] for i in visible.split(",") if i.strip().isdigit() and int(i) < len(free)]
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        free = _visible_free_gib(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if len(free) == n:
             return free
     except (OSError, subprocess.SubprocessError, ValueError):
         pass
-    return [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(n)]
+    out = subprocess.run([sys.executable, "-c", _FREE_PROBE], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    return [float(x) for x in out.split()]
 
 
 def plan_slots(knobs: Knobs) -> tuple[list[str | None], str]:
@@ -87,6 +109,31 @@ def plan_slots(knobs: Knobs) -> tuple[list[str | None], str]:
 
 
 # --------------------------------------------------------------------------- the queue
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux, looked up here: a forked child should not load libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None).prctl
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a run's process before it starts (Linux): SIGKILL it when the queue dies.
+
+    A run has its own session, so a `timeout -k` that kills the queue's process group
+    (scripts/gpu_window.sh) would not reach it, and it would keep its GPU. The queue has
+    already sent it SIGTERM (save last.pt) by then. The signal follows the thread that
+    started the run, which waits for it to end.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -130,8 +177,13 @@ class Queue:
         # One compilation cache for every process: only the first run of a shape compiles fully.
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
+        # Each run's share of the cores, for its threads and for inductor's compile workers
+        # (whose pool is as large as the machine by default, in every run at once).
+        share = str(max(1, (os.cpu_count() or 1) // len(self.slots)))
+        env.setdefault("OMP_NUM_THREADS", share)
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
         env[RESUME_HINT_ENV] = "RESUME=1"  # a stopped run names the user's knob, not --resume
+        env[OUTPUT_LOGGED_ENV] = "1"  # a run's whole output goes to its train.log already
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p)
         return env
 
@@ -161,7 +213,8 @@ class Queue:
                 return None
             log.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                    start_new_session=True)  # signals reach it from the queue only
+                                    start_new_session=True,  # signals reach it from the queue only
+                                    preexec_fn=_die_with_parent)
             self._procs.add(proc)
         with open(log, "a") as f:
             f.write(f"$ {shlex.join(cmd)}\n")
@@ -198,9 +251,15 @@ class Queue:
             print(f"=== train {run.name}{where}{' (resuming ' + str(last) + ')' if last else ''}, "
                   f"log {run_dir / 'train.log'}", flush=True)
             t0 = time.perf_counter()
-            # its first logged step ends the compilation the runs of its shape wait for
-            rc = self._execute(cmd, run_dir / "train.log", slot,
-                               lambda line: self._warm.add(run.compile_key) if line.startswith("step ") else None)
+            oom: list[str] = []
+
+            def on_line(line: str) -> None:
+                if line.startswith("step "):  # its first logged step ends the compilation its shape's runs wait for
+                    self._warm.add(run.compile_key)
+                elif line.startswith(OOM_LINE):
+                    oom.append(line.strip())
+
+            rc = self._execute(cmd, run_dir / "train.log", slot, on_line)
             self._warm.add(run.compile_key)
             if rc is None:
                 return Outcome(run.name, run.stage, "not started", estimate_s=estimate_s)
@@ -210,6 +269,8 @@ class Queue:
                 if self.stop_reason:
                     out.status, out.note = "cut", self.stop_reason
                     _mark_cut(run, run_dir, self.stop_reason)
+                elif oom:  # the grid goes on; the run's note says what to change
+                    out.status, out.note = "failed", f"{oom[0]}; see {run_dir / 'train.log'}"
                 else:
                     out.status, out.note = "failed", f"training exited with {rc}; see {run_dir / 'train.log'}"
                     print(f"!!! train {run.name} failed (exit {rc}); log {run_dir / 'train.log'}", file=sys.stderr,

@@ -36,9 +36,10 @@ def resolve_config(kind: str, preset: str = "paper", **options: Any) -> ModelCon
     return validate(apply_options(ModelConfig(kind=kind), **merged))
 
 
-def model_from_config(cfg: ModelConfig) -> LanguageModel | PairClassifier:
-    """Rebuild the module a checkpoint's config describes."""
-    return LanguageModel(validate(cfg)) if cfg.causal else PairClassifier(validate(cfg))
+def model_from_config(cfg: ModelConfig, pooling: str = "mean") -> LanguageModel | PairClassifier:
+    """Rebuild the module a checkpoint's config describes; `pooling` is a classifier's (its
+    config's "classifier" entry), which a language model has none of."""
+    return LanguageModel(validate(cfg)) if cfg.causal else PairClassifier(validate(cfg), pooling=pooling)
 
 
 def build_model(kind: str, preset: str = "paper", **options: Any) -> LanguageModel:

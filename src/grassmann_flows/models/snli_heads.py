@@ -21,7 +21,6 @@ slot and the hypothesis arguments are None.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal, Mapping
 
@@ -147,29 +146,35 @@ def scale_bands(window: int, n_heads: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(b) for b in bands)
 
 
-@lru_cache(maxsize=None)
 def window_partners(
-    length: int, window: int, stride: int, n_heads: int, device: torch.device
+    length: int | torch.SymInt, window: int, stride: int, n_heads: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every position's window partners as fixed slots, for a gather.
+    """Every position's window partners as fixed slots, for a gather: the pairs of `window_pairs`.
 
-    Returns partner (L, K) long, valid (L, K) bool, head (L, K) long: slot k of
-    position t holds partner s != t (0 with valid False in unused slots) and the
-    mixing head of the distance |t - s|. K is the most partners any position has.
+    Returns partner (L, K) long, valid (L, K) bool, head (L, K) long: slot k of position
+    t holds s = first(t) + k, where first(t) starts the first window holding t; valid says
+    whether s is a partner (s != t, s < L, s in a window holding t); head is the mixing
+    head of the distance |t - s| (partner 0 where not valid). The windows holding t cover
+    one interval, at most K = floor((window - 1) / stride) * stride + window long.
+
+    Tensor arithmetic on `length` alone, with K fixed by (window, stride): under
+    torch.compile one graph serves every batch width (no per-width cache or guard).
     """
-    head_of = {d: h for h, band in enumerate(scale_bands(window, n_heads)) for d in band}
-    lists: list[list[int]] = [[] for _ in range(length)]
-    for t, s in window_pairs(length, window, stride).tolist():
-        lists[t].append(s)
-    K = max(map(len, lists), default=0)
-    partner = torch.zeros(length, K, dtype=torch.long)
-    valid = torch.zeros(length, K, dtype=torch.bool)
-    head = torch.zeros(length, K, dtype=torch.long)
-    for t, ss in enumerate(lists):
-        partner[t, : len(ss)] = torch.tensor(ss, dtype=torch.long)
-        valid[t, : len(ss)] = True
-        head[t, : len(ss)] = torch.tensor([head_of[abs(t - s)] for s in ss], dtype=torch.long)
-    return partner.to(device), valid.to(device), head.to(device)
+    K = (window - 1) // stride * stride + window
+    head_of = [0] * window  # distance -> head (distance 0 is never valid)
+    for h, band in enumerate(scale_bands(window, n_heads)):
+        for d in band:
+            head_of[d] = h
+    t = torch.arange(length, device=device)[:, None]
+    # ceil((t - window + 1) / stride), floored at 0; floor-dividing a clamped value trips
+    # inductor's range analysis for a dynamic length (torch 2.13), clamping the quotient does not
+    first = ((t - window + stride) // stride).clamp(min=0) * stride
+    end = torch.clamp(t // stride * stride + window, max=length)  # the last window holding t ends here
+    s = first + torch.arange(K, device=device)
+    valid = (s < end) & (s != t)
+    partner = torch.where(valid, s, 0)
+    head = torch.tensor(head_of, device=device)[(partner - t).abs().clamp(max=window - 1)]
+    return partner, valid, head
 
 
 # ----------------------------------------------------------------------------- Grassmann head

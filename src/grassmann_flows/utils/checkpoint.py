@@ -24,28 +24,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, unsafe, or from another configuration."""
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the training loop draws from, as tensors and plain values."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG the training loop draws from, as CPU tensors and plain values.
+
+    device: the process's training device; on CUDA its generator is saved ("cuda"), and
+    only its own, so that a resume may see fewer (or other) GPUs than the save did.
+    """
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": json.dumps(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what `rng_state` captured; the CUDA generator onto `device` when it is a GPU.
+
+    The states must be CPU tensors (load checkpoints with map_location="cpu"): torch's
+    setters take nothing else. Files written before the per-device state hold a list with
+    one state per GPU then visible: the training device's entry is restored, if it exists.
+    """
     torch.set_rng_state(state["torch"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, index)
 
 
 def save_checkpoint(
@@ -86,8 +101,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(
             f"refusing to load {path}: not a plain-weights checkpoint (weights_only=True rejected it)"
         ) from e
-    except Exception as e:  # torn zip, wrong format, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    except Exception as e:  # torn zip (RuntimeError, or OSError EINVAL from a seek past its end), ...
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt ({reason}); "
+                              f"it cannot be used, delete it or restore a copy") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path} is not a grassmann-flows checkpoint (no model/meta entries)")
     ckpt["meta"] = json.loads(ckpt["meta"])

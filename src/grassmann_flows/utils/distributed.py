@@ -22,6 +22,8 @@ def init(device: torch.device) -> torch.device:
     """Join torchrun's process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
 
     Returns the device this process trains on: cuda:LOCAL_RANK under torchrun on CUDA.
+    A second call (work before training, such as a feature cache, joins first) only
+    returns the device.
     """
     global _cpu_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -29,8 +31,9 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    _cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
     return device
 
 
