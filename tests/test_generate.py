@@ -304,9 +304,11 @@ def test_decode_benchmark_quick_cpu(tmp_path):
     assert files[0].with_suffix(".png").exists()
     result = json.loads(files[0].read_text())
     rows = [r for r in result["decode"] if "ms" in r]
-    assert {(r["model"], r["B"]) for r in rows} == {(m, b) for m in ("transformer", "grassmann") for b in (1, 32)}
-    for model in ("transformer", "grassmann"):
+    models = [m + way for way in ("", " .generate()") for m in ("transformer", "grassmann")]
+    assert {(r["model"], r["B"]) for r in rows} == {(m, b) for m in models for b in (1, 32)}
+    for model in models:
         sizes = [r["state_mb"] for r in sorted(rows, key=lambda r: r["C"]) if r["model"] == model and r["B"] == 1]
         assert len(sizes) >= 2
-        assert (sizes[0] < sizes[-1]) if model == "transformer" else (sizes[0] == sizes[-1])
+        assert (sizes[0] < sizes[-1]) if model.startswith("transformer") else (sizes[0] == sizes[-1])
     assert "Grassmann / Transformer" in proc.stdout
+    assert "The project's loop and transformers' .generate()" in proc.stdout
