@@ -137,7 +137,7 @@ def write_record(output_dir: Path, records_dir: Path, *, setting: str | None, da
 
 def index_table(records_dir: Path, readme: Path) -> str:
     """The README table of every record, newest first."""
-    metas = sorted((json.loads(p.read_text()), p.parent) for p in records_dir.glob("*/record.json")) \
+    metas = [(json.loads(p.read_text()), p.parent) for p in records_dir.glob("*/record.json")] \
         if records_dir.is_dir() else []
     if not metas:
         return "No record has been written yet; `python scripts/make_record.py OUTPUT_DIR` writes one."

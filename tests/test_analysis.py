@@ -583,6 +583,14 @@ def test_every_number_in_the_blog_section_comes_from_the_fixture(sweep: Path, tm
         assert any(abs(abs(x) - abs(t)) <= tol for t in scaled), f"{token} traces to no fixture value"
 
 
+def test_blog_tables_have_at_most_eight_columns(sweep: Path, tmp_path: Path) -> None:
+    """The blog's tables are for reading; the full tables are the analysis script's output."""
+    blog, _ = _blog(sweep, tmp_path)
+    rows = [line for line in _marker_section(blog.read_text()).splitlines() if line.startswith("|")]
+    assert rows  # the section holds tables
+    assert max(line.count("|") - 1 for line in rows) <= 8
+
+
 def test_blog_without_runs_says_so_in_one_sentence(tmp_path: Path) -> None:
     empty = tmp_path / "outputs"
     empty.mkdir()
@@ -638,6 +646,11 @@ def test_make_record_writes_a_record_and_its_index(sweep: Path, tmp_path: Path) 
     assert not list(record.rglob("*.pt"))
     assert "./speedrun.sh all all" in (record / "README.md").read_text()
     assert "[2026-01-03_fixture](records/2026-01-03_fixture/)" in first_readme
+    # a second record: the index lists both, newest first
+    later = [*args[:6], "--setting", "later", "--date", "2026-01-05", *args[10:]]
+    assert _run_script(*later).returncode == 0
+    index = readme.read_text()
+    assert index.index("[2026-01-05_later]") < index.index("[2026-01-03_fixture]")
     bad = _run_script("make_record.py", str(sweep), "--records-dir", str(records), "--readme", str(readme),
                       "--setting", "../escape")
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error:")

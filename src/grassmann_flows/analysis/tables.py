@@ -48,14 +48,19 @@ def _fmt_lr(lr: float | None) -> str:
     return "—" if lr is None else f"{lr:g}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], keep: list[str] | None = None) -> str:
+    """A markdown table; `keep` (column names, in order, each at its first place) narrows it."""
+    if keep is not None:
+        idx = [header.index(name) for name in keep]
+        header, rows = [header[i] for i in idx], [[row[i] for i in idx] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def config_table(configs: list[Config], task: str) -> str:
-    """One row per configuration: ours (over seeds, at the chosen lr) and published (single values)."""
+def config_table(configs: list[Config], task: str, compact: bool = False) -> str:
+    """One row per configuration: ours (over seeds, at the chosen lr) and published (single values).
+    `compact`: the blog's eight columns."""
     metric = "PPL" if task == "wikitext" else "acc"
     header = ["source", "model", "variant", "L", "N", "preset", "tag/variant", "corpus"]
     header += ["SNLI mode"] if task == "snli" else []
@@ -80,10 +85,12 @@ def config_table(configs: list[Config], task: str) -> str:
             _fmt_plain(c.stat("tokens_per_s"), 0),
         ]
         rows.append(row)
-    return _table(header, rows)
+    keep = ["variant", "L", "N", "lr (chosen on val)", "params", "seeds", f"best val {metric}",
+            f"test {metric} (best ckpt)"]
+    return _table(header, rows, keep if compact else None)
 
 
-def lr_table(configs: list[Config], task: str) -> str:
+def lr_table(configs: list[Config], task: str, compact: bool = False) -> str:
     """The validation means behind each lr choice (only configurations run at several lrs)."""
     metric = "PPL" if task == "wikitext" else "acc"
     rows = []
@@ -97,7 +104,8 @@ def lr_table(configs: list[Config], task: str) -> str:
     if not rows:
         return ""
     return _table(["model", "variant", "L", "N", "preset", "tag", "lr", "seeds compared", "n",
-                   f"best val {metric} (mean ± std)", ""], rows)
+                   f"best val {metric} (mean ± std)", ""], rows,
+                  ["variant", "lr", "seeds compared", "n", f"best val {metric} (mean ± std)", ""] if compact else None)
 
 
 def fmt_gap(measure: dict | None) -> tuple[str, str]:
@@ -115,11 +123,11 @@ def fmt_gap(measure: dict | None) -> tuple[str, str]:
     return estimate, ci or measure["note"]
 
 
-def gap_table(gaps: list[Gap], task: str) -> str:
+def gap_table(gaps: list[Gap], task: str, compact: bool = False) -> str:
     """Grassmann vs Transformer per matched pair, on best validation and on test."""
     kind = "G/T PPL ratio" if task == "wikitext" else "G − T accuracy"
     header = ["source", "pairing", "L", "N", "preset", "tag/variant", "corpus", "lr G/T", "seeds G/T",
-              f"best val {kind}", "95% CI", f"test {kind}", "95% CI"]
+              f"best val {kind}", "95% CI (val)", f"test {kind}", "95% CI (test)"]
     rows = []
     for gap in gaps:
         k, t, d = gap.grassmann.key, gap.transformer.key, gap.to_json()
@@ -130,7 +138,8 @@ def gap_table(gaps: list[Gap], task: str) -> str:
         rows.append([gap.grassmann.source_label, gap.pairing, str(k.seq_len or "—"), str(k.n_layers or "—"),
                      k.preset or "—", tag or "—", k.corpus, lrs, seeds,
                      *fmt_gap(d["best_val"]), *fmt_gap(d["test"])])
-    return _table(header, rows)
+    keep = ["pairing", "L", "N", "seeds G/T", f"best val {kind}", "95% CI (val)", f"test {kind}", "95% CI (test)"]
+    return _table(header, rows, keep if compact else None)
 
 
 def runs_table(runs: list[Run], task: str) -> str:
@@ -146,17 +155,17 @@ def runs_table(runs: list[Run], task: str) -> str:
     return _table(header, rows)
 
 
-def _section_body(summary: TaskSummary, name: str, configs: list[Config]) -> list[str]:
-    """Configuration table, lr choices and gaps of one section."""
+def _section_body(summary: TaskSummary, name: str, configs: list[Config], compact: bool = False) -> list[str]:
+    """Configuration table, lr choices and gaps of one section (`compact`: the blog's narrow tables)."""
     task = summary.task
-    out = [config_table(configs, task)]
-    lrs = lr_table(configs, task)
+    out = [config_table(configs, task, compact)]
+    lrs = lr_table(configs, task, compact)
     if lrs:
         out += ["Learning rate chosen per model on validation, the mean over the seeds that every lr has "
                 "(each lr's own seeds when they share none); test is never looked at:", lrs]
     gaps = summary.gaps(name)
     if gaps:
-        out.append(gap_table(gaps, task))
+        out.append(gap_table(gaps, task, compact))
     return out
 
 
@@ -280,7 +289,7 @@ def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files
                 title += ": the stand-in corpus, a different and much smaller training set"
             out.append(f"#### {title}")
             out.append(_what_ran(configs))
-            out += _section_body(summary, name, configs)
+            out += _section_body(summary, name, configs, compact=True)
         out += _notes(summary)
         for stem in (f"{task}_results", f"{task}_curves"):
             out.append(f"![{FIGURES[stem]}](images/{stem}.png)")
