@@ -32,7 +32,7 @@ from grassmann_flows.analysis.load import (  # noqa: E402
     FIGURES_DIR, OUTPUTS_ROOT, PUBLISHED_JSON, REPO_ROOT, ResultsError, load_committed_runs, load_runs,
     resolve_output_dir,
 )
-from grassmann_flows.analysis.summary import load_published, summarize  # noqa: E402
+from grassmann_flows.analysis.summary import blog_figure_runs, load_published, summarize  # noqa: E402
 from grassmann_flows.bench.results import BENCH_DIR, BenchFileError, gpu_bench_files  # noqa: E402
 
 BLOG_IMAGES = REPO_ROOT / "images"
@@ -63,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             runs, out = load_runs(resolve_output_dir(args.output_dir)), args.out or FIGURES_DIR
         published = load_published(args.published)
         summaries = summarize(runs, published)
+        if args.blog_images:  # the blog's result figures: configurations with BLOG_MIN_SEEDS seeds or more
+            summaries = summarize(blog_figure_runs(summaries), published)
+            for task, summary in summaries.items():
+                if not summary.runs:  # none drawn: no stale figure either
+                    for stem in (f"{task}_results", f"{task}_curves"):
+                        for suffix in (".png", ".svg"):
+                            (out / stem).with_suffix(suffix).unlink(missing_ok=True)
         written = plot_published(published, out) + plot_params(args.params, out)
         for summary in summaries.values():
             if summary.runs:

@@ -514,8 +514,10 @@ def test_blog_section_regenerates_identically_between_the_markers(sweep: Path, t
     section = _marker_section(first)
     assert "Reduced-corpus results (not comparable with the paper)" in section
     assert "Paper" not in section and "alphaXiv" not in section  # no published number beside these runs
-    for stem in ("wikitext_results", "wikitext_curves", "snli_results", "snli_curves"):
+    for stem in ("wikitext_results", "wikitext_curves"):  # several seeds per configuration
         assert f"![{_summary.FIGURES[stem]}](images/{stem}.png)" in section
+    snli = section[section.index("### SNLI"):]  # one seed per configuration: no figure
+    assert "images/snli_results.png" not in snli and "No figure yet" in snli
 
 
 def _numbers(obj) -> list[float]:
@@ -581,6 +583,14 @@ def test_every_number_in_the_blog_section_comes_from_the_fixture(sweep: Path, tm
         tol = 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
         scaled = [t for v in allowed for t in (v, 100 * v, v / 60, v / 1e6)]
         assert any(abs(abs(x) - abs(t)) <= tol for t in scaled), f"{token} traces to no fixture value"
+
+
+def test_blog_draws_no_figure_from_one_seed(tmp_path: Path) -> None:
+    """One seed per configuration (the CPU pilot): tables, but no result figure in the blog."""
+    pilot = Path(shutil.copytree(REPO / "outputs" / "cpu-pilot-2026-11-30", tmp_path / "outputs" / "pilot"))
+    section = _marker_section(_blog(pilot.parent, tmp_path)[0].read_text())
+    assert "| G-paper[out] vs T-preLN |" in section
+    assert "images/wikitext_results.png" not in section and "No figure yet" in section
 
 
 def test_blog_tables_have_at_most_eight_columns(sweep: Path, tmp_path: Path) -> None:

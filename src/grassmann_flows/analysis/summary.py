@@ -395,6 +395,17 @@ def summarize(runs: list[Run], published: list[Config]) -> dict[str, TaskSummary
     return summaries
 
 
+# The blog draws its result figures only from configurations with at least this many
+# completed seeds: one seed shows no spread, and a figure invites reading one.
+BLOG_MIN_SEEDS = 2
+
+
+def blog_figure_runs(summaries: dict[str, TaskSummary]) -> list[Run]:
+    """The runs of our configurations (all sections) with at least BLOG_MIN_SEEDS completed seeds."""
+    return [r for s in summaries.values() for name in OUR_SECTIONS for c in s.sections.get(name, [])
+            if (c.n_seeds or 0) >= BLOG_MIN_SEEDS for r in c.runs]
+
+
 # Figures of `figures.py` (stem -> alt text), referenced from the blog.
 FIGURES = {
     "published_numbers": "Published WikiText-2 best validation perplexities, the paper's Tables 1-2 "

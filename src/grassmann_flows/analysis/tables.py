@@ -11,7 +11,8 @@ from pathlib import Path
 from ..bench.results import bench_markdown
 from .load import Run, display_path, run_facts
 from .stats import Stat
-from .summary import FIGURES, SECTION_TITLES, TASK_TITLES, Config, Gap, TaskSummary
+from .summary import (BLOG_MIN_SEEDS, FIGURES, SECTION_TITLES, TASK_TITLES, Config, Gap, TaskSummary,
+                      blog_figure_runs)
 
 SUMMARY_NAME = "best_results_summary.json"
 BLOG_BEGIN, BLOG_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -291,8 +292,12 @@ def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files
             out.append(_what_ran(configs))
             out += _section_body(summary, name, configs, compact=True)
         out += _notes(summary)
-        for stem in (f"{task}_results", f"{task}_curves"):
-            out.append(f"![{FIGURES[stem]}](images/{stem}.png)")
+        if any(r.task == task for r in blog_figure_runs(summaries)):
+            for stem in (f"{task}_results", f"{task}_curves"):
+                out.append(f"![{FIGURES[stem]}](images/{stem}.png)")
+        else:
+            out.append(f"No figure yet: the blog draws them only from configurations with at least "
+                       f"{BLOG_MIN_SEEDS} seeds (`python scripts/visualize_results.py` draws every run).")
     if bench_files:
         out.append("### Speed (GPU benchmark)")
         out += [bench_markdown(path) for path in bench_files]
