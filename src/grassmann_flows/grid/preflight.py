@@ -139,9 +139,11 @@ def measure_step(run: Run, device: Any) -> float:
     model = spec.build().to(device)
     B, L = spec.train.batch_size, spec.seq_len
     if run.task == "wikitext":
+        from ..train import chunked_head, lm_loss
+
         ids = torch.randint(0, model.cfg.vocab_size, (B, L + 1), device=device)
-        loss_of = lambda: torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1).float(),  # noqa: E731
-                                                           ids[:, 1:].flatten())
+        chunked = chunked_head(spec.train.head_loss, device)  # the loss the run itself computes
+        loss_of = lambda: lm_loss(model, ids[:, :-1], ids[:, 1:], chunked)  # noqa: E731
     else:
         ids = torch.randint(0, model.cfg.vocab_size, (B, L), device=device)
         mask, labels = torch.ones_like(ids), torch.randint(0, 3, (B,), device=device)
