@@ -593,6 +593,16 @@ def test_blog_draws_no_figure_from_one_seed(tmp_path: Path) -> None:
     assert "images/wikitext_results.png" not in section and "No figure yet" in section
 
 
+def test_reduced_corpus_heading_says_when_the_models_are_smaller_than_the_papers(tmp_path: Path) -> None:
+    """The committed pilot ran the paper's size, the CPU study a smaller one (d128)."""
+    smaller = "a variant that names a size (e.g. d128) is smaller than the paper's models"
+    for name, expected in (("cpu-pilot-2026-11-30", False), ("cpu-study-2026-12-06", True)):
+        runs = Path(shutil.copytree(REPO / "outputs" / name, tmp_path / name / "outputs" / name))
+        section = _marker_section(_blog(runs.parent, tmp_path / name)[0].read_text())
+        heading = next(line for line in section.splitlines() if line.startswith("#### Reduced-corpus"))
+        assert (smaller in heading) is expected, heading
+
+
 def test_blog_tables_have_at_most_eight_columns(sweep: Path, tmp_path: Path) -> None:
     """The blog's tables are for reading; the full tables are the analysis script's output."""
     blog, _ = _blog(sweep, tmp_path)

@@ -288,6 +288,8 @@ def blog_section(runs: list[Run], summaries: dict[str, TaskSummary], bench_files
             title = SECTION_TITLES[name]
             if name == "reduced_corpus":
                 title += ": the stand-in corpus, a different and much smaller training set"
+                if any(c.key.width_label for c in configs):
+                    title += "; a variant that names a size (e.g. d128) is smaller than the paper's models"
             out.append(f"#### {title}")
             out.append(_what_ran(configs))
             out += _section_body(summary, name, configs, compact=True)
