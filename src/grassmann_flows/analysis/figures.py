@@ -28,7 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from ..bench.results import load_bench, mixer_ratios, model_ratios  # noqa: E402
 from .load import OURS, REPO_ROOT, ResultsError, Run, run_facts  # noqa: E402
-from .summary import OUR_SECTIONS, TASK_TITLES, Config, TaskSummary, pair_configs  # noqa: E402
+from .summary import OUR_SECTIONS, SNLI_MODE_TITLES, TASK_TITLES, Config, TaskSummary, pair_configs  # noqa: E402
 
 COLORS = {"transformer": "#4C72B0", "grassmann": "#DD8452"}
 LINESTYLES = ("-", "--", ":", "-.")
@@ -59,8 +59,8 @@ def _setting_title(task: str, setting: tuple) -> str:
     if task == "wikitext":
         title = f"L={setting[0]}, N={setting[1]}"
     else:
-        title = {"distilbert": "SNLI, DistilBERT heads", "scratch": "SNLI, from scratch"}.get(
-            setting[0], f"SNLI mode: {setting[0] or 'unspecified'}")
+        mode = SNLI_MODE_TITLES.get(setting[0])
+        title = f"SNLI, {mode}" if mode else f"SNLI mode: {setting[0] or 'unspecified'}"
     return title
 
 

@@ -298,6 +298,7 @@ def pair_configs(configs: list[Config]) -> list[Gap]:
 
 
 TASK_TITLES = {"wikitext": "WikiText-2", "snli": "SNLI"}
+SNLI_MODE_TITLES = {"distilbert": "DistilBERT heads", "scratch": "from scratch"}
 SECTION_TITLES = {
     "paper_comparison": "Paper comparison (full corpus)",
     "reduced_corpus": "Reduced-corpus results (not comparable with the paper)",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..bench.results import bench_markdown
 from .load import Run, display_path, run_facts
 from .stats import Stat
-from .summary import (BLOG_MIN_SEEDS, FIGURES, SECTION_TITLES, TASK_TITLES, Config, Gap, TaskSummary,
+from .summary import (BLOG_MIN_SEEDS, FIGURES, SECTION_TITLES, SNLI_MODE_TITLES, TASK_TITLES, Config, Gap, TaskSummary,
                       blog_figure_runs)
 
 SUMMARY_NAME = "best_results_summary.json"
@@ -263,9 +263,11 @@ def _run_dirs(runs: list[Run]) -> str:
 
 
 def _what_ran(configs: list[Config]) -> str:
-    """One line on how the runs were made: epochs, seeds, devices (from the runs themselves)."""
+    """One line on how the runs were made: SNLI set-up, epochs, seeds, devices (from the runs themselves)."""
     facts = run_facts([r for c in configs for r in c.included_runs])
-    return (f"Epochs run: {', '.join(map(str, facts['epochs']))}; seeds: {', '.join(map(str, facts['seeds']))}; "
+    modes = sorted({c.key.snli_mode for c in configs if c.key.snli_mode})
+    setup = f"SNLI {', '.join(SNLI_MODE_TITLES.get(m, m) for m in modes)}. " if modes else ""
+    return (f"{setup}Epochs run: {', '.join(map(str, facts['epochs']))}; seeds: {', '.join(map(str, facts['seeds']))}; "
             f"device: {', '.join(facts['devices'])}.")
 
 
