@@ -10,7 +10,7 @@ A record is the project's own evidence for a set of numbers, kept with the code:
                  numbers (corpus, epochs, seeds, device) and the analysis tables
   record.json    date, setting, command, label, environment headers, headline gaps
   summary.json   the summary of scripts/analyze_best_results.py for OUTPUT_DIR
-  runs/<run>/    results.json, config.json and metrics.jsonl of every run (no checkpoints)
+  runs/<run>/    results.json, config.json, metrics.jsonl and eval_test.json of every run (no checkpoints)
   bench.json     the benchmark JSON, when --bench is given (a directory's files read as one)
 
 The date defaults to the newest run's sweep timestamp (or today, UTC); the setting to
@@ -43,7 +43,7 @@ from grassmann_flows.bench.results import BenchFileError, load_bench  # noqa: E4
 RECORDS_DIR = REPO_ROOT / "results" / "records"
 README = REPO_ROOT / "README.md"
 INDEX_BEGIN, INDEX_END = "<!-- records:begin -->", "<!-- records:end -->"
-RUN_FILES = ("results.json", "config.json", "metrics.jsonl")
+RUN_FILES = ("results.json", "config.json", "metrics.jsonl", "eval_test.json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

@@ -756,6 +756,21 @@ def test_snli_test_number_comes_from_eval_test_json(mixed: Path) -> None:
     assert "| 70.11% | eval_test.json |" in markdown
 
 
+def test_a_record_reproduces_its_test_numbers(mixed: Path, tmp_path: Path) -> None:
+    """The record keeps eval_test.json, so its runs/ give the test numbers of the sweep."""
+    records, readme = tmp_path / "records", tmp_path / "README.md"
+    readme.write_text("<!-- records:begin -->\n<!-- records:end -->\n")
+    proc = _run_script("make_record.py", str(mixed), "--records-dir", str(records), "--readme", str(readme),
+                       "--setting", "mixed", "--date", "2026-01-03")
+    assert proc.returncode == 0, proc.stderr
+
+    def tests(summary: dict) -> list:
+        return sorted((c["model"], c["test"]["values"], c["test_sources"])
+                      for c in summary["tasks"]["snli"]["sections"]["reduced_corpus"]["configs"])
+
+    assert tests(_analyze(records / "2026-01-03_mixed" / "runs")[1]) == tests(_analyze(mixed)[1])
+
+
 def _script_module(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
