@@ -596,13 +596,15 @@ def test_blog_draws_no_figure_from_one_seed(tmp_path: Path) -> None:
 def test_reduced_corpus_heading_says_when_the_models_are_smaller_than_the_papers(tmp_path: Path) -> None:
     """The committed pilot ran the paper's size, the CPU study a smaller one (d128)."""
     smaller = "a variant that names a size (e.g. d128) is smaller than the paper's models"
+    sections = {}
     for name, expected in (("cpu-pilot-2026-11-30", False), ("cpu-study-2026-12-06", True)):
         runs = Path(shutil.copytree(REPO / "outputs" / name, tmp_path / name / "outputs" / name))
-        section = _marker_section(_blog(runs.parent, tmp_path / name)[0].read_text())
-        heading = next(line for line in section.splitlines() if line.startswith("#### Reduced-corpus"))
+        sections[name] = _marker_section(_blog(runs.parent, tmp_path / name)[0].read_text())
+        heading = next(line for line in sections[name].splitlines() if line.startswith("#### Reduced-corpus"))
         assert (smaller in heading) is expected, heading
     # The study's SNLI runs are encoders trained from scratch, not the paper's DistilBERT heads.
-    assert "SNLI from scratch. Epochs run: 4;" in section[section.index("### SNLI"):]
+    study = sections["cpu-study-2026-12-06"]
+    assert "SNLI from scratch. Epochs run: 4;" in study[study.index("### SNLI"):]
 
 
 def test_blog_tables_have_at_most_eight_columns(sweep: Path, tmp_path: Path) -> None:
